@@ -1,0 +1,38 @@
+//! The pure core of Switchboard: the topic registry and the Phoenix Channels V2 JSON codec.
+//!
+//! Nothing here does I/O, reads a clock, takes a lock or draws randomness for ids: inputs in,
+//! outcomes out. The node's hub actor and the wasm bindings drive it, and act on every
+//! outcome (see [`Registry`] for the driving contract).
+//!
+//! # Layout
+//! - [`topic`]: [`Topic`], a validated topic name with its namespace, and [`TopicError`].
+//! - [`session`]: [`SessionId`], allocated by the registry, monotonic, never reused.
+//! - [`registry`]: [`Registry`], who listens to what; [`Subscribed`] / [`Unsubscribed`] /
+//!   [`Emptied`] report the 0↔1 edges an upstream bridge must act on.
+//! - [`frame`]: the typed protocol frames ([`Frame`], [`ClientFrame`], [`Request`],
+//!   [`Payload`], [`Reply`]).
+//! - [`codec`]: decoding with a typed [`DecodeError`] for every malformation, and encoding of
+//!   replies, `phx_close` and broadcasts (encoded once into a shared [`SharedFrame`]).
+//! - `model` (feature `model`): a plain reference model and op-sequence checker shared by
+//!   property tests, fuzz targets and the wasm tests.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod frame;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
+pub mod registry;
+pub mod session;
+pub mod topic;
+
+pub use codec::{
+    decode_frame, decode_frame_bytes, decode_request, encode_broadcast, encode_close, encode_parts,
+    encode_reply, DecodeError, Field, SharedFrame, DEFAULT_MAX_FRAME_BYTES,
+};
+pub use frame::{events, ClientFrame, Frame, Payload, Reply, Request, HEARTBEAT_TOPIC};
+pub use registry::{
+    Emptied, Registry, SubscribeError, Subscribed, Subscribers, Unsubscribed,
+    DEFAULT_MAX_TOPICS_PER_SESSION,
+};
+pub use session::SessionId;
+pub use topic::{Topic, TopicError, MAX_TOPIC_BYTES};
