@@ -130,6 +130,30 @@ impl DecodeError {
 /// # Errors
 /// [`DecodeError`] names the first problem found.
 pub fn decode_frame(text: &str, max_bytes: usize) -> Result<Frame, DecodeError> {
+    let raw = decode_structure(text, max_bytes)?;
+    let topic = Topic::try_from(raw.topic)?;
+    if raw.event.is_empty() {
+        return Err(DecodeError::EmptyEvent);
+    }
+    Ok(Frame {
+        join_ref: raw.join_ref,
+        msg_ref: raw.msg_ref,
+        topic,
+        event: raw.event,
+        payload: Payload::from_raw(raw.payload.to_owned()),
+    })
+}
+
+/// The five elements of a structurally valid frame, before any rule about their content.
+struct RawFrame<'a> {
+    join_ref: Option<String>,
+    msg_ref: Option<String>,
+    topic: String,
+    event: String,
+    payload: &'a RawValue,
+}
+
+fn decode_structure(text: &str, max_bytes: usize) -> Result<RawFrame<'_>, DecodeError> {
     if text.len() > max_bytes {
         return Err(DecodeError::TooLarge {
             len: text.len(),
@@ -150,19 +174,12 @@ pub fn decode_frame(text: &str, max_bytes: usize) -> Result<Frame, DecodeError> 
             len: elements.len(),
         });
     };
-    let join_ref = optional_string(join_ref, Field::JoinRef)?;
-    let msg_ref = optional_string(msg_ref, Field::Ref)?;
-    let topic = Topic::try_from(required_string(topic, Field::Topic)?)?;
-    let event = required_string(event, Field::Event)?;
-    if event.is_empty() {
-        return Err(DecodeError::EmptyEvent);
-    }
-    Ok(Frame {
-        join_ref,
-        msg_ref,
-        topic,
-        event,
-        payload: Payload::from_raw(payload.to_owned()),
+    Ok(RawFrame {
+        join_ref: optional_string(join_ref, Field::JoinRef)?,
+        msg_ref: optional_string(msg_ref, Field::Ref)?,
+        topic: required_string(topic, Field::Topic)?,
+        event: required_string(event, Field::Event)?,
+        payload,
     })
 }
 
@@ -189,28 +206,83 @@ pub fn decode_frame_bytes(bytes: &[u8], max_bytes: usize) -> Result<Frame, Decod
 /// # Errors
 /// [`DecodeError`] names the first problem found.
 pub fn decode_request(text: &str, max_bytes: usize) -> Result<ClientFrame, DecodeError> {
-    let frame = decode_frame(text, max_bytes)?;
-    if !frame.payload.is_object() {
-        return Err(DecodeError::PayloadNotObject);
+    decode_request_addressed(text, max_bytes).map_err(|rejected| rejected.error)
+}
+
+/// Where an error reply to a rejected frame goes: the addressing the frame carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The frame's `join_ref`.
+    pub join_ref: Option<String>,
+    /// The frame's `ref`.
+    pub msg_ref: Option<String>,
+    /// The frame's topic as sent (possibly not a valid [`Topic`]).
+    pub topic: String,
+}
+
+/// A client frame that could not be accepted, and whether it can be answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct Rejected {
+    /// What is wrong with it.
+    pub error: DecodeError,
+    /// `Some` when the frame was well-formed enough to address an error reply (a valid
+    /// five-element array whose content broke a rule); `None` when it was not even that.
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// Like [`decode_request`], but says where an error reply can go.
+///
+/// A server answers a rejection that has [`Rejected::reply_to`] with a `phx_reply` error and
+/// keeps the socket (a client that joins an invalid topic learns why, instead of reconnecting
+/// in a loop); a rejection without it means the peer does not speak the protocol.
+///
+/// # Errors
+/// [`Rejected`] with the first problem found.
+pub fn decode_request_addressed(text: &str, max_bytes: usize) -> Result<ClientFrame, Rejected> {
+    let raw = decode_structure(text, max_bytes).map_err(|error| Rejected {
+        error,
+        reply_to: None,
+    })?;
+    let reject = |error: DecodeError, raw: RawFrame<'_>| Rejected {
+        error,
+        reply_to: Some(ReplyTo {
+            join_ref: raw.join_ref,
+            msg_ref: raw.msg_ref,
+            topic: raw.topic,
+        }),
+    };
+    let topic = match Topic::new(&raw.topic) {
+        Ok(topic) => topic,
+        Err(err) => return Err(reject(err.into(), raw)),
+    };
+    if raw.event.is_empty() {
+        return Err(reject(DecodeError::EmptyEvent, raw));
     }
-    let request = match frame.event.as_str() {
+    if !raw.payload.get().starts_with('{') {
+        return Err(reject(DecodeError::PayloadNotObject, raw));
+    }
+    let request = match raw.event.as_str() {
         events::JOIN => Request::Join {
-            payload: frame.payload,
+            payload: Payload::from_raw(raw.payload.to_owned()),
         },
         events::LEAVE => Request::Leave,
-        events::HEARTBEAT if frame.topic.as_str() == HEARTBEAT_TOPIC => Request::Heartbeat,
+        events::HEARTBEAT if topic.as_str() == HEARTBEAT_TOPIC => Request::Heartbeat,
         events::REPLY | events::CLOSE | events::ERROR => {
-            return Err(DecodeError::ReservedEvent { event: frame.event })
+            let error = DecodeError::ReservedEvent {
+                event: raw.event.clone(),
+            };
+            return Err(reject(error, raw));
         }
         _ => Request::Push {
-            event: frame.event,
-            payload: frame.payload,
+            payload: Payload::from_raw(raw.payload.to_owned()),
+            event: raw.event,
         },
     };
     Ok(ClientFrame {
-        join_ref: frame.join_ref,
-        msg_ref: frame.msg_ref,
-        topic: frame.topic,
+        join_ref: raw.join_ref,
+        msg_ref: raw.msg_ref,
+        topic,
         request,
     })
 }
@@ -517,6 +589,25 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(&request(text).unwrap_err(), expected, "input: {text}");
         }
+    }
+
+    #[test]
+    fn content_errors_carry_the_addressing_for_an_error_reply() {
+        let rejected = decode_request_addressed(r#"["1","2","","phx_join",{}]"#, MAX).unwrap_err();
+        assert_eq!(rejected.error, DecodeError::InvalidTopic(TopicError::Empty));
+        assert_eq!(
+            rejected.reply_to,
+            Some(ReplyTo {
+                join_ref: Some("1".into()),
+                msg_ref: Some("2".into()),
+                topic: String::new(),
+            })
+        );
+        let garbage = decode_request_addressed("[1,2", MAX).unwrap_err();
+        assert_eq!(garbage.reply_to, None);
+        assert!(matches!(garbage.error, DecodeError::NotJson { .. }));
+        let wrong_type = decode_request_addressed(r#"[1,"2","t","e",{}]"#, MAX).unwrap_err();
+        assert_eq!(wrong_type.reply_to, None);
     }
 
     #[test]
