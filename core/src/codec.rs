@@ -140,7 +140,7 @@ pub fn decode_frame(text: &str, max_bytes: usize) -> Result<Frame, DecodeError> 
         msg_ref: raw.msg_ref,
         topic,
         event: raw.event,
-        payload: Payload::from_raw(raw.payload.to_owned()),
+        payload: Payload::from_raw_value(raw.payload.to_owned()),
     })
 }
 
@@ -264,7 +264,7 @@ pub fn decode_request_addressed(text: &str, max_bytes: usize) -> Result<ClientFr
     }
     let request = match raw.event.as_str() {
         events::JOIN => Request::Join {
-            payload: Payload::from_raw(raw.payload.to_owned()),
+            payload: Payload::from_raw_value(raw.payload.to_owned()),
         },
         events::LEAVE => Request::Leave,
         events::HEARTBEAT if topic.as_str() == HEARTBEAT_TOPIC => Request::Heartbeat,
@@ -275,7 +275,7 @@ pub fn decode_request_addressed(text: &str, max_bytes: usize) -> Result<ClientFr
             return Err(reject(error, raw));
         }
         _ => Request::Push {
-            payload: Payload::from_raw(raw.payload.to_owned()),
+            payload: Payload::from_raw_value(raw.payload.to_owned()),
             event: raw.event,
         },
     };

@@ -82,7 +82,9 @@ impl Payload {
         serde_json::from_str(self.get())
     }
 
-    pub(crate) const fn from_raw(raw: Box<RawValue>) -> Self {
+    /// Wraps an already parsed raw JSON value (no copy).
+    #[must_use]
+    pub const fn from_raw_value(raw: Box<RawValue>) -> Self {
         Self(raw)
     }
 }

@@ -1,0 +1,303 @@
+//! Configuration: flags, the same names as environment variables, and an optional TOML file.
+//!
+//! Precedence: a flag beats the environment, which beats the file, which beats the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use serde::Deserialize;
+
+/// A Phoenix Channels compatible pub/sub node.
+///
+/// Browsers connect with the official `phoenix` client to ws://<bind>/socket and join topics;
+/// producers publish with POST /api/publish. Every option can also be set by the environment
+/// variable shown, or in the TOML file given with --config (same names, `-` or `_`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard", version, about, long_about)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (the node prints the one it bound).
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:4000")]
+    pub bind: SocketAddr,
+
+    /// TOML file with any of these options (keys as the flag names).
+    #[arg(long, env = "CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Largest WebSocket message accepted from a client, in bytes; a larger one closes the
+    /// socket with code 1009.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_frame_bytes: usize,
+
+    /// Topics one socket may join at once; one more gets the error reply
+    /// "too many channels joined".
+    #[arg(
+        long,
+        env = "MAX_TOPICS_PER_SOCKET",
+        default_value_t = 100,
+        value_name = "N"
+    )]
+    pub max_topics_per_socket: usize,
+
+    /// Close a socket that sends no frame for this long (code 1000, "idle timeout").
+    /// phoenix.js sends a heartbeat every 30s.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// Unsent data one socket may have queued, in bytes; past it the socket is closed with
+    /// code 3008 ("slow consumer") and gets nothing more.
+    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub send_buffer_bytes: usize,
+
+    /// Largest POST /api/publish body, in bytes; a larger one gets 413.
+    #[arg(long, env = "MAX_PUBLISH_BYTES", default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_publish_bytes: usize,
+
+    /// On Ctrl-C or SIGTERM, how long to wait for sockets to close before exiting.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_timeout: Duration,
+}
+
+/// The same options as they may appear in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    #[serde(alias = "bind")]
+    bind: Option<SocketAddr>,
+    #[serde(alias = "max_frame_bytes")]
+    max_frame_bytes: Option<usize>,
+    #[serde(alias = "max_topics_per_socket")]
+    max_topics_per_socket: Option<usize>,
+    #[serde(alias = "idle_timeout")]
+    idle_timeout: Option<DurationValue>,
+    #[serde(alias = "send_buffer_bytes")]
+    send_buffer_bytes: Option<usize>,
+    #[serde(alias = "max_publish_bytes")]
+    max_publish_bytes: Option<usize>,
+    #[serde(alias = "shutdown_timeout")]
+    shutdown_timeout: Option<DurationValue>,
+}
+
+/// A duration in the file: `"60s"` or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Text(String),
+    Seconds(u64),
+}
+
+impl DurationValue {
+    fn resolve(self, key: &str) -> Result<Duration, ConfigError> {
+        match self {
+            Self::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+            Self::Text(text) => parse_duration(&text).map_err(|message| ConfigError::Value {
+                key: key.to_owned(),
+                message,
+            }),
+        }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file named by `--config` could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a mistyped value.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid value for {key}: {message}")]
+    Value {
+        /// The option.
+        key: String,
+        /// Why.
+        message: String,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("{err} (write e.g. 60s, 500ms, 2m)"))
+}
+
+impl Config {
+    /// Parses the process arguments and environment, then the file named by `--config`.
+    /// Exits with a usage message on bad flags, like any command-line tool.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read or holds bad values.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Like [`Config::load`] with explicit arguments (the first is the program name).
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read or holds bad values.
+    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().get_matches_from(args);
+        Self::from_matches(&matches)
+    }
+
+    /// Builds the configuration from parsed matches (used by subcommands that embed it).
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read or holds bad values.
+    pub fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
+        let mut config = Self::from_arg_matches(matches).map_err(|err| ConfigError::Value {
+            key: "arguments".into(),
+            message: err.to_string(),
+        })?;
+        if let Some(path) = config.config.clone() {
+            config.apply_file(&path, matches)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_file(&mut self, path: &Path, matches: &ArgMatches) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        let from_default = |id: &str| matches.value_source(id) == Some(ValueSource::DefaultValue);
+        if let (Some(value), true) = (file.bind, from_default("bind")) {
+            self.bind = value;
+        }
+        if let (Some(value), true) = (file.max_frame_bytes, from_default("max_frame_bytes")) {
+            self.max_frame_bytes = value;
+        }
+        if let (Some(value), true) = (
+            file.max_topics_per_socket,
+            from_default("max_topics_per_socket"),
+        ) {
+            self.max_topics_per_socket = value;
+        }
+        if let (Some(value), true) = (file.idle_timeout, from_default("idle_timeout")) {
+            self.idle_timeout = value.resolve("idle-timeout")?;
+        }
+        if let (Some(value), true) = (file.send_buffer_bytes, from_default("send_buffer_bytes")) {
+            self.send_buffer_bytes = value;
+        }
+        if let (Some(value), true) = (file.max_publish_bytes, from_default("max_publish_bytes")) {
+            self.max_publish_bytes = value;
+        }
+        if let (Some(value), true) = (file.shutdown_timeout, from_default("shutdown_timeout")) {
+            self.shutdown_timeout = value.resolve("shutdown-timeout")?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max-frame-bytes", self.max_frame_bytes),
+            ("max-topics-per-socket", self.max_topics_per_socket),
+            ("send-buffer-bytes", self.send_buffer_bytes),
+            ("max-publish-bytes", self.max_publish_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Value {
+                    key: key.into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(ConfigError::Value {
+                key: "idle-timeout".into(),
+                message: "must be longer than 0s".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load_from(std::iter::once("switchboard").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.bind, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(config.max_frame_bytes, 65536);
+        assert_eq!(config.max_topics_per_socket, 100);
+        assert_eq!(config.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.send_buffer_bytes, 1 << 20);
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_at_default() {
+        let dir = std::env::temp_dir().join(format!("switchboard-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "max-topics-per-socket = 7\nidle_timeout = \"5s\"\nmax-frame-bytes = 1000\n",
+        )
+        .unwrap();
+        let config = load(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--max-frame-bytes",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(config.max_topics_per_socket, 7);
+        assert_eq!(config.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_frame_bytes, 2000, "a flag beats the file");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(&path, "max-topic = 7\n").unwrap();
+        let err = load(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `max-topic`"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let err = load(&["--max-topics-per-socket", "0"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for max-topics-per-socket: must be at least 1"
+        );
+    }
+}

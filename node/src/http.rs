@@ -1,0 +1,255 @@
+//! HTTP routes: the WebSocket endpoint, publishing, health, readiness and metrics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use switchboard_core::{events, Payload, Topic};
+
+use crate::hub::{Hub, Publish};
+use crate::metrics::Metrics;
+use crate::session::{SessionLimits, WsSession};
+use crate::transport;
+
+/// The only protocol version spoken: Phoenix Channels V2 JSON.
+pub const PROTOCOL_VSN: &str = "2.0.0";
+
+/// The event a publish without one is delivered as.
+pub const DEFAULT_EVENT: &str = "message";
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The topic hub.
+    pub hub: Addr<Hub>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Limits every session applies.
+    pub limits: Arc<SessionLimits>,
+    /// Largest publish body.
+    pub max_publish_bytes: usize,
+    /// Set once shutdown has begun.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// Registers every route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/socket/websocket", web::get().to(socket))
+        .route("/api/publish", web::post().to(publish))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .default_service(web::to(not_found));
+}
+
+/// A JSON error body: `{"error":{"code":..,"message":..}}`.
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::build(status).json(json!({
+        "error": { "code": code, "message": message.to_string() }
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SocketQuery {
+    vsn: Option<String>,
+}
+
+async fn socket(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let query = web::Query::<SocketQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or(SocketQuery { vsn: None });
+    match query.vsn.as_deref() {
+        Some(PROTOCOL_VSN) => {}
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_vsn",
+                format!(
+                    "protocol version {other:?} is not supported; use vsn=2.0.0 (Phoenix V2 JSON)"
+                ),
+            )
+        }
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing_vsn",
+                "the vsn query parameter is required; use vsn=2.0.0 (Phoenix V2 JSON)",
+            )
+        }
+    }
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is shutting down",
+        );
+    }
+    let session = WsSession::new(
+        state.hub.clone(),
+        state.limits.clone(),
+        state.metrics.clone(),
+    );
+    match transport::upgrade(session, &req, payload, state.limits.max_frame_bytes) {
+        Ok(response) => response,
+        Err(err) => error(
+            StatusCode::BAD_REQUEST,
+            "not_a_websocket_upgrade",
+            format!("{err}; connect with a WebSocket client"),
+        ),
+    }
+}
+
+/// The body of `POST /api/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    topic: String,
+    #[serde(default)]
+    event: Option<String>,
+    payload: Box<RawValue>,
+}
+
+async fn publish(mut body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "the request body could not be read",
+            );
+        };
+        if bytes.len() + chunk.len() > state.max_publish_bytes {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body is over the limit of {} bytes",
+                    state.max_publish_bytes
+                ),
+            );
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let publish = match parse_publish(&bytes) {
+        Ok(publish) => publish,
+        Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, message),
+    };
+    match state.hub.send(publish).await {
+        Ok(recipients) => HttpResponse::Ok().json(json!({ "ok": true, "recipients": recipients })),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the hub is not running",
+        ),
+    }
+}
+
+/// Validates a publish body; the error is `(code, message)`.
+fn parse_publish(bytes: &[u8]) -> Result<Publish, (&'static str, String)> {
+    let body: PublishBody = serde_json::from_slice(bytes).map_err(|err| {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+            ("invalid_body", format!("{err}; expected {{\"topic\": string, \"event\"?: string, \"payload\": any JSON}}"))
+        } else {
+            ("invalid_json", format!("the body is not valid JSON: {err}"))
+        }
+    })?;
+    let topic = Topic::try_from(body.topic)
+        .map_err(|err| ("invalid_topic", format!("invalid topic: {err}")))?;
+    let event = body.event.unwrap_or_else(|| DEFAULT_EVENT.to_owned());
+    if event.is_empty() {
+        return Err(("invalid_event", "event is empty".into()));
+    }
+    if event.starts_with("phx_") || event == events::HEARTBEAT {
+        return Err((
+            "invalid_event",
+            format!("event {event:?} is reserved by the protocol"),
+        ));
+    }
+    Ok(Publish {
+        topic,
+        event,
+        payload: Payload::from_raw_value(body.payload),
+    })
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutting_down.load(Ordering::Relaxed) {
+        HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready", "reason": "shutting down", "backend": "memory"
+        }))
+    } else {
+        HttpResponse::Ok().json(json!({ "status": "ready", "backend": "memory" }))
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route for {} {}; see /socket/websocket, /api/publish, /healthz, /readyz, /metrics",
+            req.method(),
+            req.path()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &str) -> &'static str {
+        parse_publish(body.as_bytes()).unwrap_err().0
+    }
+
+    #[test]
+    fn publish_body_defaults_the_event() {
+        let publish = parse_publish(br#"{"topic":"auditlog:1","payload":{"a":1}}"#).unwrap();
+        assert_eq!(publish.event, "message");
+        assert_eq!(publish.payload.get(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn publish_body_errors_name_the_problem() {
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code(r#"{"topic":"t"}"#), "invalid_body");
+        assert_eq!(code(r#"{"topic":1,"payload":1}"#), "invalid_body");
+        assert_eq!(
+            code(r#"{"topic":"t","payload":1,"extra":1}"#),
+            "invalid_body"
+        );
+        assert_eq!(code(r#"{"topic":"","payload":1}"#), "invalid_topic");
+        assert_eq!(
+            code(r#"{"topic":"t","event":"","payload":1}"#),
+            "invalid_event"
+        );
+        assert_eq!(
+            code(r#"{"topic":"t","event":"phx_reply","payload":1}"#),
+            "invalid_event"
+        );
+        let (_, message) = parse_publish(br#"{"topic":"t"}"#).unwrap_err();
+        assert!(message.contains("missing field `payload`"), "{message}");
+    }
+}

@@ -1,0 +1,22 @@
+//! The Switchboard node: a Phoenix Channels V2 compatible pub/sub server on actix.
+//!
+//! # Layout
+//! - [`config`]: flags, environment variables and the TOML file.
+//! - [`server`]: starting the HTTP server, announcing the address, graceful shutdown.
+//! - [`http`]: the routes — WebSocket upgrade, `POST /api/publish`, health, readiness, metrics.
+//! - [`hub`]: the topic hub actor that owns the core registry and routes every message.
+//! - [`session`]: one actor per WebSocket, speaking the Phoenix protocol.
+//! - [`outbox`]: bounded delivery from the hub to a session (the slow-consumer budget).
+//! - [`transport`]: the only module that knows the WebSocket library.
+//! - [`metrics`]: counters and gauges in Prometheus text.
+
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+pub use config::Config;

@@ -1,0 +1,125 @@
+//! Counters and gauges, shared by every actor and rendered as Prometheus text.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The node's metrics. Counters only grow; gauges are set by their owner (the hub).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket connections (set by the hub).
+    pub connections: AtomicU64,
+    /// Topics with at least one local subscriber (set by the hub).
+    pub topics: AtomicU64,
+    /// (socket, topic) pairs (set by the hub).
+    pub subscriptions: AtomicU64,
+    /// Frames received from clients.
+    pub frames_in: AtomicU64,
+    /// Frames queued to clients.
+    pub frames_out: AtomicU64,
+    /// Messages published (socket pushes and HTTP).
+    pub publishes: AtomicU64,
+    /// Sockets closed as slow consumers.
+    pub slow_consumer_disconnects: AtomicU64,
+    /// Frames rejected with an error reply or a close.
+    pub protocol_errors: AtomicU64,
+}
+
+/// Adds `n` to a counter.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Subtracts `n` from a gauge.
+pub fn sub(gauge: &AtomicU64, n: u64) {
+    gauge.fetch_sub(n, Ordering::Relaxed);
+}
+
+/// Sets a gauge.
+pub fn set(gauge: &AtomicU64, value: usize) {
+    gauge.store(u64::try_from(value).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
+            (
+                "switchboard_connections",
+                "gauge",
+                "Open WebSocket connections.",
+                &self.connections,
+            ),
+            (
+                "switchboard_topics",
+                "gauge",
+                "Topics with at least one local subscriber.",
+                &self.topics,
+            ),
+            (
+                "switchboard_subscriptions",
+                "gauge",
+                "Socket-topic subscriptions.",
+                &self.subscriptions,
+            ),
+            (
+                "switchboard_frames_in_total",
+                "counter",
+                "Frames received from clients.",
+                &self.frames_in,
+            ),
+            (
+                "switchboard_frames_out_total",
+                "counter",
+                "Frames queued to clients.",
+                &self.frames_out,
+            ),
+            (
+                "switchboard_publishes_total",
+                "counter",
+                "Messages published by sockets and HTTP.",
+                &self.publishes,
+            ),
+            (
+                "switchboard_slow_consumer_disconnects_total",
+                "counter",
+                "Sockets closed because their unsent data passed the send buffer.",
+                &self.slow_consumer_disconnects,
+            ),
+            (
+                "switchboard_protocol_errors_total",
+                "counter",
+                "Frames rejected with an error reply or a close.",
+                &self.protocol_errors,
+            ),
+        ];
+        let mut out = String::with_capacity(1024);
+        for (name, kind, help, value) in rows {
+            let value = value.load(Ordering::Relaxed);
+            // Writing to a String cannot fail.
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        add(&metrics.publishes, 3);
+        set(&metrics.connections, 2);
+        let text = metrics.render();
+        assert!(text.contains(
+            "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
+        ));
+        assert!(text.contains("switchboard_connections 2\n"));
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 8);
+    }
+}

@@ -1,0 +1,135 @@
+//! Starting the node and shutting it down gracefully.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor as _, Addr};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::hub::{CloseAll, Hub};
+use crate::metrics::Metrics;
+use crate::session::{close, SessionLimits};
+
+/// A socket whose sent data stays unacknowledged this long (a peer that stopped reading, or
+/// vanished) is dropped by the kernel. This is what finally frees a slow consumer whose
+/// session cannot even be polled to send its close frame.
+pub const STALLED_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the node until Ctrl-C or SIGTERM, then closes every socket with 1001 and returns.
+///
+/// # Errors
+/// Binding the address, or the HTTP server failing.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(config.max_topics_per_socket, metrics.clone()).start();
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        limits: Arc::new(SessionLimits {
+            max_frame_bytes: config.max_frame_bytes,
+            idle_timeout: config.idle_timeout,
+            send_buffer_bytes: config.send_buffer_bytes,
+        }),
+        max_publish_bytes: config.max_publish_bytes,
+        shutting_down: shutting_down.clone(),
+    };
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
+        .on_connect(|connection, _| {
+            if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = socket2::SockRef::from(stream)
+                    .set_tcp_user_timeout(Some(STALLED_WRITE_TIMEOUT));
+            }
+        })
+        // Drop a connection as soon as its response (a WebSocket after the close handshake)
+        // has been written, instead of waiting for the client to hang up first.
+        .client_disconnect_timeout(Duration::ZERO)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind(config.bind)
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let addrs = server.addrs();
+    announce(&addrs);
+    info!(addrs = ?addrs, "listening");
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        shutting_down.store(true, Ordering::Relaxed);
+        drain(&hub, &metrics, config.shutdown_timeout).await;
+        handle.stop(true).await;
+    });
+    server.await.context("HTTP server failed")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Tells every session to close with 1001 and waits until they have, or `timeout` is near.
+async fn drain(hub: &Addr<Hub>, metrics: &Metrics, timeout: Duration) {
+    let deadline = Instant::now() + timeout.saturating_sub(Duration::from_secs(1));
+    let (code, reason) = close::SHUTDOWN;
+    if hub.send(CloseAll { code, reason }).await.is_err() {
+        warn!("hub already stopped");
+    }
+    while metrics.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = metrics.connections.load(Ordering::Relaxed);
+    if left > 0 {
+        warn!(
+            left,
+            "sockets still open at the shutdown deadline; dropping them"
+        );
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Prints where the node listens and how to connect, on standard output. The first line is
+/// stable for scripts: `switchboard listening on http://ADDR`.
+#[allow(clippy::print_stdout)] // Telling the user how to connect is this function's job.
+fn announce(addrs: &[SocketAddr]) {
+    let Some(addr) = addrs.first() else { return };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "switchboard listening on http://{addr}");
+    let _ = writeln!(
+        out,
+        "  WebSocket (Phoenix V2): ws://{addr}/socket/websocket?vsn=2.0.0\n  \
+         phoenix.js:             new Socket(\"ws://{addr}/socket\").connect()\n  \
+         publish:                curl -s http://{addr}/api/publish -H 'content-type: application/json' \
+         -d '{{\"topic\":\"room:lobby\",\"payload\":{{\"body\":\"hi\"}}}}'\n  \
+         health, metrics:        http://{addr}/readyz  http://{addr}/metrics"
+    );
+    let _ = out.flush();
+}

@@ -1,0 +1,391 @@
+//! One WebSocket: a session actor that speaks Phoenix Channels V2 JSON.
+//!
+//! The session registers with the hub in `started` (and handles no frame before the hub has
+//! answered), tracks the `join_ref` of every topic it joined, turns client frames into hub
+//! messages, sends the hub's deliveries as they are, and unregisters in `stopped`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use switchboard_core::{
+    decode_request_addressed, encode_close, encode_reply, ClientFrame, Rejected, Reply, Request,
+    SessionId, SubscribeError, Topic,
+};
+use tracing::debug;
+
+use crate::hub::{Connect, Disconnect, Hub, Publish, Subscribe, Unsubscribe};
+use crate::metrics::{self, Metrics};
+use crate::outbox::{Deliver, Outbox, QueuedBytes};
+use crate::transport::{self, Item, Message, ProtocolError, SocketContext};
+
+/// How many deliveries a session's mailbox holds; the byte budget usually binds first.
+pub const SESSION_MAILBOX_CAPACITY: usize = 4096;
+
+/// Close codes and reasons the session sends.
+pub mod close {
+    /// No frame for the idle timeout.
+    pub const IDLE: (u16, &str) = (1000, "idle timeout");
+    /// The node is shutting down.
+    pub const SHUTDOWN: (u16, &str) = (1001, "server shutting down");
+    /// A binary message (only the JSON serializer is spoken).
+    pub const BINARY: (u16, &str) = (1003, "binary frames are not supported");
+    /// A message that is not a Phoenix V2 frame (the reason is the decode error).
+    pub const NOT_A_FRAME: u16 = 1007;
+    /// A message over the size limit.
+    pub const TOO_LARGE: (u16, &str) = (1009, "frame too large");
+    /// A WebSocket protocol violation.
+    pub const PROTOCOL: (u16, &str) = (1002, "websocket protocol error");
+}
+
+/// The limits every session applies.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Largest message accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Close after this long without a frame.
+    pub idle_timeout: Duration,
+    /// Unsent bytes allowed before the session is a slow consumer.
+    pub send_buffer_bytes: usize,
+}
+
+/// Tells a session to close its socket with `code` and `reason`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+}
+
+/// One WebSocket connection.
+#[derive(Debug)]
+pub struct WsSession {
+    id: Option<SessionId>,
+    hub: Addr<Hub>,
+    /// Topic → the `join_ref` of the current membership.
+    joined: HashMap<Topic, Option<String>>,
+    queued: QueuedBytes,
+    limits: Arc<SessionLimits>,
+    metrics: Arc<Metrics>,
+    last_frame: Instant,
+    /// A fragmented text message being reassembled.
+    fragments: Option<Vec<u8>>,
+}
+
+impl WsSession {
+    /// A session that will register with `hub`.
+    #[must_use]
+    pub fn new(hub: Addr<Hub>, limits: Arc<SessionLimits>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            id: None,
+            hub,
+            joined: HashMap::new(),
+            queued: QueuedBytes::default(),
+            limits,
+            metrics,
+            last_frame: Instant::now(),
+            fragments: None,
+        }
+    }
+
+    fn send(&self, ctx: &mut SocketContext, text: String) {
+        metrics::add(&self.metrics.frames_out, 1);
+        ctx.text(text);
+    }
+
+    fn reply(&self, ctx: &mut SocketContext, frame: &ClientFrame, reply: &Reply<'_>) {
+        let text = encode_reply(
+            frame.join_ref.as_deref(),
+            frame.msg_ref.as_deref(),
+            frame.topic.as_str(),
+            reply,
+        );
+        self.send(ctx, text);
+    }
+
+    fn close_with(&self, ctx: &mut SocketContext, (code, reason): (u16, &str)) {
+        transport::close(ctx, code, reason);
+        ctx.stop();
+    }
+
+    fn handle_text(&mut self, text: &str, ctx: &mut SocketContext) {
+        metrics::add(&self.metrics.frames_in, 1);
+        match decode_request_addressed(text, self.limits.max_frame_bytes) {
+            Ok(frame) => self.handle_frame(frame, ctx),
+            Err(Rejected {
+                error,
+                reply_to: Some(to),
+            }) => {
+                metrics::add(&self.metrics.protocol_errors, 1);
+                let reason = error.to_string();
+                let text = encode_reply(
+                    to.join_ref.as_deref(),
+                    to.msg_ref.as_deref(),
+                    &to.topic,
+                    &Reply::Error { reason: &reason },
+                );
+                self.send(ctx, text);
+            }
+            Err(Rejected {
+                error,
+                reply_to: None,
+            }) => {
+                metrics::add(&self.metrics.protocol_errors, 1);
+                debug!(session = ?self.id, %error, "not a Phoenix frame; closing");
+                self.close_with(ctx, (close::NOT_A_FRAME, &error.to_string()));
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, frame: ClientFrame, ctx: &mut SocketContext) {
+        match &frame.request {
+            Request::Heartbeat => self.reply(ctx, &frame, &Reply::OkEmpty),
+            Request::Join { .. } => self.join(frame, ctx),
+            Request::Leave => {
+                if self.check_membership(&frame, ctx) {
+                    self.joined.remove(&frame.topic);
+                    if let Some(session) = self.id {
+                        self.hub.do_send(Unsubscribe {
+                            session,
+                            topic: frame.topic.clone(),
+                        });
+                    }
+                    self.reply(ctx, &frame, &Reply::OkEmpty);
+                    let close = encode_close(frame.join_ref.as_deref(), frame.topic.as_str());
+                    self.send(ctx, close);
+                }
+            }
+            Request::Push { event, payload } => {
+                if self.check_membership(&frame, ctx) {
+                    let publish = Publish {
+                        topic: frame.topic.clone(),
+                        event: event.clone(),
+                        payload: payload.clone(),
+                    };
+                    match self.hub.try_send(publish) {
+                        Ok(()) => {
+                            if frame.msg_ref.is_some() {
+                                self.reply(ctx, &frame, &Reply::OkEmpty);
+                            }
+                        }
+                        Err(_) => {
+                            metrics::add(&self.metrics.protocol_errors, 1);
+                            self.reply(
+                                ctx,
+                                &frame,
+                                &Reply::Error {
+                                    reason: "server overloaded",
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            // The core may learn new requests; an unknown one is answered, never dropped.
+            _ => self.reply(
+                ctx,
+                &frame,
+                &Reply::Error {
+                    reason: "unsupported request",
+                },
+            ),
+        }
+    }
+
+    /// Whether `frame` addresses the current membership of its topic. Answers `unmatched topic`
+    /// for a topic not joined; silently ignores a stale `join_ref` (a push from before a
+    /// rejoin), as Phoenix does.
+    fn check_membership(&self, frame: &ClientFrame, ctx: &mut SocketContext) -> bool {
+        match self.joined.get(&frame.topic) {
+            None => {
+                metrics::add(&self.metrics.protocol_errors, 1);
+                self.reply(
+                    ctx,
+                    frame,
+                    &Reply::Error {
+                        reason: "unmatched topic",
+                    },
+                );
+                false
+            }
+            Some(join_ref) if frame.join_ref.is_some() && *join_ref != frame.join_ref => {
+                debug!(session = ?self.id, topic = %frame.topic, "stale join_ref ignored");
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    fn join(&mut self, frame: ClientFrame, ctx: &mut SocketContext) {
+        if let Some(old_join_ref) = self.joined.get_mut(&frame.topic) {
+            // A second join closes the old membership first, then succeeds.
+            let close = encode_close(old_join_ref.as_deref(), frame.topic.as_str());
+            old_join_ref.clone_from(&frame.join_ref);
+            self.send(ctx, close);
+            self.reply(ctx, &frame, &Reply::OkEmpty);
+            return;
+        }
+        let Some(session) = self.id else { return };
+        let subscribe = Subscribe {
+            session,
+            topic: frame.topic.clone(),
+        };
+        self.hub
+            .send(subscribe)
+            .into_actor(self)
+            .map(move |outcome, act, ctx| match outcome {
+                Ok(Ok(_)) => {
+                    act.joined
+                        .insert(frame.topic.clone(), frame.join_ref.clone());
+                    act.reply(ctx, &frame, &Reply::OkEmpty);
+                }
+                Ok(Err(SubscribeError::TooManyTopics { .. })) => {
+                    metrics::add(&act.metrics.protocol_errors, 1);
+                    act.reply(
+                        ctx,
+                        &frame,
+                        &Reply::Error {
+                            reason: "too many channels joined",
+                        },
+                    );
+                }
+                Ok(Err(err)) => {
+                    act.reply(
+                        ctx,
+                        &frame,
+                        &Reply::Error {
+                            reason: &err.to_string(),
+                        },
+                    );
+                }
+                Err(_) => act.reply(
+                    ctx,
+                    &frame,
+                    &Reply::Error {
+                        reason: "server unavailable",
+                    },
+                ),
+            })
+            .wait(ctx);
+    }
+
+    fn handle_fragment(&mut self, item: Item, ctx: &mut SocketContext) {
+        let (bytes, last) = match item {
+            Item::FirstText(bytes) => {
+                self.fragments = Some(Vec::new());
+                (bytes, false)
+            }
+            Item::FirstBinary(_) => return self.close_with(ctx, close::BINARY),
+            Item::Continue(bytes) => (bytes, false),
+            Item::Last(bytes) => (bytes, true),
+        };
+        let Some(buffer) = self.fragments.as_mut() else {
+            return self.close_with(ctx, close::PROTOCOL);
+        };
+        if buffer.len() + bytes.len() > self.limits.max_frame_bytes {
+            metrics::add(&self.metrics.protocol_errors, 1);
+            return self.close_with(ctx, close::TOO_LARGE);
+        }
+        buffer.extend_from_slice(&bytes);
+        if last {
+            let buffer = self.fragments.take().unwrap_or_default();
+            match String::from_utf8(buffer) {
+                Ok(text) => self.handle_text(&text, ctx),
+                Err(_) => self.close_with(ctx, (close::NOT_A_FRAME, "frame is not valid UTF-8")),
+            }
+        }
+    }
+}
+
+impl Actor for WsSession {
+    type Context = SocketContext;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(SESSION_MAILBOX_CAPACITY);
+        metrics::add(&self.metrics.connections, 1);
+        let connect = Connect {
+            outbox: Outbox::new(
+                ctx.address().recipient(),
+                self.queued.clone(),
+                self.limits.send_buffer_bytes,
+            ),
+            close: ctx.address().recipient(),
+        };
+        self.hub
+            .send(connect)
+            .into_actor(self)
+            .map(|outcome, act, ctx| match outcome {
+                Ok(id) => act.id = Some(id),
+                Err(_) => act.close_with(ctx, close::SHUTDOWN),
+            })
+            .wait(ctx);
+        let tick =
+            (self.limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        ctx.run_interval(tick, |act, ctx| {
+            if act.last_frame.elapsed() >= act.limits.idle_timeout {
+                debug!(session = ?act.id, "idle timeout");
+                act.close_with(ctx, close::IDLE);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::sub(&self.metrics.connections, 1);
+        if let Some(session) = self.id {
+            self.hub.do_send(Disconnect { session });
+        }
+    }
+}
+
+impl StreamHandler<Result<Message, ProtocolError>> for WsSession {
+    fn handle(&mut self, item: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_frame = Instant::now();
+        match item {
+            Ok(Message::Text(text)) => self.handle_text(&text, ctx),
+            Ok(Message::Binary(_)) => {
+                metrics::add(&self.metrics.protocol_errors, 1);
+                self.close_with(ctx, close::BINARY);
+            }
+            Ok(Message::Continuation(item)) => self.handle_fragment(item, ctx),
+            Ok(Message::Ping(bytes)) => ctx.pong(&bytes),
+            Ok(Message::Pong(_) | Message::Nop) => {}
+            Ok(Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => {
+                metrics::add(&self.metrics.protocol_errors, 1);
+                self.close_with(ctx, close::TOO_LARGE);
+            }
+            Err(err) => {
+                debug!(session = ?self.id, %err, "websocket protocol error");
+                metrics::add(&self.metrics.protocol_errors, 1);
+                self.close_with(ctx, close::PROTOCOL);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Deliver> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.queued.release(msg.frame.len());
+        ctx.text(msg.frame);
+    }
+}
+
+impl Handler<CloseSession> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        self.close_with(ctx, (msg.code, msg.reason));
+    }
+}
