@@ -58,6 +58,51 @@ pub struct Config {
     /// On Ctrl-C or SIGTERM, how long to wait for sockets to close before exiting.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
+
+    /// Which backend joins nodes into one system: `memory` (this node alone) or `redis`.
+    /// Default: `redis` when --redis-url is set, else `memory`. Never falls back silently.
+    #[arg(long, env = "PUBSUB_BACKEND", value_enum, value_name = "BACKEND")]
+    pub pubsub_backend: Option<BackendKind>,
+
+    /// Redis to share topics through, e.g. redis://127.0.0.1:6379. Every node given the same
+    /// Redis (and prefix) delivers every message to every subscriber.
+    #[arg(long, env = "REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis channel of each topic (channel = prefix + topic). Empty by default,
+    /// so topic `auditlog:42` is channel `auditlog:42`.
+    #[arg(
+        long,
+        env = "CHANNEL_PREFIX",
+        default_value = "",
+        value_name = "PREFIX"
+    )]
+    pub channel_prefix: String,
+}
+
+/// The backends a node can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// This node alone, in memory.
+    Memory,
+    /// Several nodes as one, through Redis pub/sub.
+    Redis,
+}
+
+/// The backend the configuration resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// In memory, this node alone.
+    Memory,
+    /// Redis pub/sub.
+    Redis {
+        /// The Redis URL.
+        url: String,
+        /// The channel prefix.
+        prefix: String,
+    },
 }
 
 /// The same options as they may appear in the TOML file.
@@ -78,6 +123,12 @@ struct FileConfig {
     max_publish_bytes: Option<usize>,
     #[serde(alias = "shutdown_timeout")]
     shutdown_timeout: Option<DurationValue>,
+    #[serde(alias = "pubsub_backend")]
+    pubsub_backend: Option<BackendKind>,
+    #[serde(alias = "redis_url")]
+    redis_url: Option<String>,
+    #[serde(alias = "channel_prefix")]
+    channel_prefix: Option<String>,
 }
 
 /// A duration in the file: `"60s"` or a number of seconds.
@@ -207,10 +258,44 @@ impl Config {
         if let (Some(value), true) = (file.shutdown_timeout, from_default("shutdown_timeout")) {
             self.shutdown_timeout = value.resolve("shutdown-timeout")?;
         }
+        if self.pubsub_backend.is_none() {
+            self.pubsub_backend = file.pubsub_backend;
+        }
+        if self.redis_url.is_none() {
+            self.redis_url = file.redis_url;
+        }
+        if let (Some(value), true) = (file.channel_prefix, from_default("channel_prefix")) {
+            self.channel_prefix = value;
+        }
         Ok(())
     }
 
+    /// The backend chosen, explicitly or by the presence of `--redis-url`.
+    ///
+    /// # Errors
+    /// `--pubsub-backend redis` without a URL.
+    pub fn backend(&self) -> Result<Backend, ConfigError> {
+        match (self.pubsub_backend, &self.redis_url) {
+            (Some(BackendKind::Memory), _) | (None, None) => Ok(Backend::Memory),
+            (Some(BackendKind::Redis) | None, Some(url)) => Ok(Backend::Redis {
+                url: url.clone(),
+                prefix: self.channel_prefix.clone(),
+            }),
+            (Some(BackendKind::Redis), None) => Err(ConfigError::Value {
+                key: "pubsub-backend".into(),
+                message: "redis needs --redis-url (or REDIS_URL)".into(),
+            }),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.backend()?;
+        if let Some(url) = &self.redis_url {
+            redis::Client::open(url.as_str()).map_err(|err| ConfigError::Value {
+                key: "redis-url".into(),
+                message: err.to_string(),
+            })?;
+        }
         let positive = [
             ("max-frame-bytes", self.max_frame_bytes),
             ("max-topics-per-socket", self.max_topics_per_socket),
@@ -290,6 +375,33 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn backend_is_chosen_explicitly_or_by_the_url() {
+        assert_eq!(load(&[]).unwrap().backend().unwrap(), Backend::Memory);
+        let redis = load(&[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--channel-prefix",
+            "sb:",
+        ])
+        .unwrap();
+        assert_eq!(
+            redis.backend().unwrap(),
+            Backend::Redis {
+                url: "redis://127.0.0.1:1".into(),
+                prefix: "sb:".into()
+            }
+        );
+        let memory = load(&["--pubsub-backend", "memory", "--redis-url", "redis://x"]).unwrap();
+        assert_eq!(memory.backend().unwrap(), Backend::Memory);
+        let err = load(&["--pubsub-backend", "redis"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for pubsub-backend: redis needs --redis-url (or REDIS_URL)"
+        );
+        assert!(load(&["--redis-url", "http://nope"]).is_err());
     }
 
     #[test]

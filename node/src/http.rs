@@ -12,7 +12,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_core::{events, Payload, Topic};
 
-use crate::hub::{Hub, Publish};
+use crate::hub::{Hub, Publish, Published, UpstreamOutcome};
 use crate::metrics::Metrics;
 use crate::session::{SessionLimits, WsSession};
 use crate::transport;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub max_publish_bytes: usize,
     /// Set once shutdown has begun.
     pub shutting_down: Arc<AtomicBool>,
+    /// The backend's name (`memory`, `redis`).
+    pub backend: &'static str,
 }
 
 /// Registers every route.
@@ -147,7 +149,22 @@ async fn publish(mut body: web::Payload, state: web::Data<AppState>) -> HttpResp
         Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, message),
     };
     match state.hub.send(publish).await {
-        Ok(recipients) => HttpResponse::Ok().json(json!({ "ok": true, "recipients": recipients })),
+        Ok(Published {
+            recipients,
+            upstream: UpstreamOutcome::Unavailable,
+        }) => HttpResponse::ServiceUnavailable().json(json!({
+            "error": {
+                "code": "upstream_unavailable",
+                "message": format!(
+                    "the {} backend is unreachable: delivered to {recipients} subscriber(s) on this node only",
+                    state.backend
+                ),
+            },
+            "recipients": recipients,
+        })),
+        Ok(Published { recipients, .. }) => {
+            HttpResponse::Ok().json(json!({ "ok": true, "recipients": recipients }))
+        }
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -189,12 +206,26 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let backend = state.backend;
+    let bridged = backend != "memory";
+    let bridge = match (bridged, state.metrics.is_bridge_up()) {
+        (false, _) => "none",
+        (true, true) => "up",
+        (true, false) => "down",
+    };
     if state.shutting_down.load(Ordering::Relaxed) {
         HttpResponse::ServiceUnavailable().json(json!({
-            "status": "not_ready", "reason": "shutting down", "backend": "memory"
+            "status": "not_ready", "reason": "shutting down", "backend": backend, "bridge": bridge
+        }))
+    } else if bridge == "down" {
+        HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready",
+            "reason": format!("the {backend} bridge is down; delivering on this node only, reconnecting"),
+            "backend": backend,
+            "bridge": bridge,
         }))
     } else {
-        HttpResponse::Ok().json(json!({ "status": "ready", "backend": "memory" }))
+        HttpResponse::Ok().json(json!({ "status": "ready", "backend": backend, "bridge": bridge }))
     }
 }
 

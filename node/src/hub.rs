@@ -12,13 +12,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytestring::ByteString;
 use switchboard_core::{
-    encode_broadcast, Payload, Registry, SessionId, SubscribeError, Subscribed, Topic,
+    encode_broadcast, Payload, Registry, SessionId, SubscribeError, Subscribed, Topic, Unsubscribed,
 };
 use tracing::{debug, info, warn};
 
 use crate::metrics::{self, Metrics};
 use crate::outbox::{Outbox, Overflow};
 use crate::session::CloseSession;
+use crate::upstream::{Upstream, UpstreamPublish, UpstreamSubscribe, UpstreamUnsubscribe};
 
 /// How many messages the hub's mailbox holds before senders that respect it must wait
 /// (HTTP publishes) or are refused (socket pushes).
@@ -40,16 +41,34 @@ pub struct Hub {
     registry: Registry,
     sessions: HashMap<SessionId, SessionEntry>,
     metrics: Arc<Metrics>,
+    upstream: Option<Upstream>,
+    upstream_up: bool,
 }
 
 impl Hub {
-    /// A hub allowing each session `max_topics_per_session` topics.
+    /// A hub allowing each session `max_topics_per_session` topics, bridged to other nodes
+    /// through `upstream` when there is one.
     #[must_use]
-    pub fn new(max_topics_per_session: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        max_topics_per_session: usize,
+        metrics: Arc<Metrics>,
+        upstream: Option<Upstream>,
+    ) -> Self {
         Self {
             registry: Registry::with_max_topics_per_session(max_topics_per_session),
             sessions: HashMap::new(),
             metrics,
+            upstream,
+            upstream_up: false,
+        }
+    }
+
+    /// Tells the bridge that no local session listens to these topics any more.
+    fn release_upstream(&self, topics: Vec<Topic>) {
+        if let Some(upstream) = &self.upstream {
+            for topic in topics {
+                upstream.unsubscribe.do_send(UpstreamUnsubscribe { topic });
+            }
         }
     }
 
@@ -65,6 +84,7 @@ impl Hub {
     fn evict_slow(&mut self, id: SessionId) {
         let emptied = self.registry.disconnect(id);
         debug!(session = %id, emptied = emptied.topics.len(), "slow consumer evicted");
+        self.release_upstream(emptied.topics);
         if let Some(entry) = self.sessions.remove(&id) {
             metrics::add(&self.metrics.slow_consumer_disconnects, 1);
             warn!(session = %id, "closing slow consumer (3008)");
@@ -147,6 +167,7 @@ impl Handler<Disconnect> for Hub {
         self.sessions.remove(&msg.session);
         let emptied = self.registry.disconnect(msg.session);
         debug!(session = %msg.session, emptied = emptied.topics.len(), "session left");
+        self.release_upstream(emptied.topics);
         self.update_gauges();
     }
 }
@@ -168,6 +189,11 @@ impl Handler<Subscribe> for Hub {
         let outcome = self.registry.subscribe(msg.session, &msg.topic);
         if outcome == Ok(Subscribed::FirstLocal) {
             debug!(topic = %msg.topic, "first local subscriber");
+            if let Some(upstream) = &self.upstream {
+                upstream
+                    .subscribe
+                    .do_send(UpstreamSubscribe { topic: msg.topic });
+            }
         }
         self.update_gauges();
         outcome
@@ -188,15 +214,17 @@ impl Handler<Unsubscribe> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
-        let _ = self.registry.unsubscribe(msg.session, msg.topic.as_str());
+        if self.registry.unsubscribe(msg.session, msg.topic.as_str()) == Unsubscribed::LastLocal {
+            self.release_upstream(vec![msg.topic]);
+        }
         self.update_gauges();
     }
 }
 
-/// Publish a message to every subscriber of a topic. Answered with how many local sessions
-/// it was queued for.
+/// Publish a message to every subscriber of a topic, on this node and (through the bridge)
+/// on every other. Answered with what happened.
 #[derive(Debug, Message)]
-#[rtype(result = "usize")]
+#[rtype(result = "Published")]
 pub struct Publish {
     /// The topic.
     pub topic: Topic,
@@ -206,21 +234,120 @@ pub struct Publish {
     pub payload: Payload,
 }
 
-impl Handler<Publish> for Hub {
-    type Result = usize;
+/// What a [`Publish`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Local sessions the message was queued for.
+    pub recipients: usize,
+    /// Whether other nodes get it.
+    pub upstream: UpstreamOutcome,
+}
 
-    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> usize {
-        metrics::add(&self.metrics.publishes, 1);
-        if self.registry.subscriber_count(msg.topic.as_str()) == 0 {
+/// Whether a publish reached the shared backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// The node runs alone (in memory).
+    NotConfigured,
+    /// Handed to the bridge for the other nodes.
+    Forwarded,
+    /// The bridge is down or full: only this node's subscribers got it.
+    Unavailable,
+}
+
+impl Hub {
+    /// Encodes the broadcast once and queues it for every local subscriber.
+    fn deliver_locally(&mut self, topic: &Topic, event: &str, payload: &Payload) -> usize {
+        if self.registry.subscriber_count(topic.as_str()) == 0 {
             return 0;
         }
-        let encoded = encode_broadcast(msg.topic.as_str(), &msg.event, &msg.payload);
+        let encoded = encode_broadcast(topic.as_str(), event, payload);
         // The core encodes UTF-8 JSON, so this check cannot fail; it runs once per message,
         // not once per subscriber.
         let Ok(frame) = ByteString::try_from(encoded.into_bytes()) else {
             return 0;
         };
-        self.fan_out(msg.topic.as_str(), &frame)
+        self.fan_out(topic.as_str(), &frame)
+    }
+}
+
+impl Handler<Publish> for Hub {
+    type Result = MessageResult<Publish>;
+
+    fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Self::Result {
+        metrics::add(&self.metrics.publishes, 1);
+        let recipients = self.deliver_locally(&msg.topic, &msg.event, &msg.payload);
+        let upstream = match &self.upstream {
+            None => UpstreamOutcome::NotConfigured,
+            Some(_) if !self.upstream_up => UpstreamOutcome::Unavailable,
+            Some(upstream) => {
+                let forward = UpstreamPublish {
+                    topic: msg.topic,
+                    event: msg.event,
+                    payload: msg.payload,
+                };
+                match upstream.publish.try_send(forward) {
+                    Ok(()) => UpstreamOutcome::Forwarded,
+                    Err(_) => UpstreamOutcome::Unavailable,
+                }
+            }
+        };
+        if upstream == UpstreamOutcome::Unavailable {
+            metrics::add(&self.metrics.bridge_lost, 1);
+        }
+        MessageResult(Published {
+            recipients,
+            upstream,
+        })
+    }
+}
+
+/// A message that arrived from another node or producer through the bridge: deliver it to
+/// the local subscribers only.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Incoming {
+    /// The topic.
+    pub topic: Topic,
+    /// The event name.
+    pub event: String,
+    /// The message.
+    pub payload: Payload,
+}
+
+impl Handler<Incoming> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: Incoming, _: &mut Self::Context) {
+        let _ = self.deliver_locally(&msg.topic, &msg.event, &msg.payload);
+    }
+}
+
+/// The bridge went up or down.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct BridgeStatus {
+    /// Whether the bridge can reach the backend.
+    pub up: bool,
+}
+
+impl Handler<BridgeStatus> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: BridgeStatus, _: &mut Self::Context) {
+        self.upstream_up = msg.up;
+    }
+}
+
+/// Every topic with a local subscriber: what a reconnected bridge resubscribes.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Topic>")]
+pub struct ListTopics;
+
+impl Handler<ListTopics> for Hub {
+    type Result = MessageResult<ListTopics>;
+
+    fn handle(&mut self, _: ListTopics, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.registry.topics().cloned().collect())
     }
 }
 

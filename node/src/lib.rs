@@ -7,16 +7,22 @@
 //! - [`hub`]: the topic hub actor that owns the core registry and routes every message.
 //! - [`session`]: one actor per WebSocket, speaking the Phoenix protocol.
 //! - [`outbox`]: bounded delivery from the hub to a session (the slow-consumer budget).
+//! - [`upstream`]: the interface between the hub and a distributed backend.
+//! - [`redis_bridge`]: the Redis bridge actor (several nodes as one system).
+//! - [`envelope`]: how messages look on the shared channel, and raw producer messages.
 //! - [`transport`]: the only module that knows the WebSocket library.
 //! - [`metrics`]: counters and gauges in Prometheus text.
 
 pub mod config;
+pub mod envelope;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
+pub mod redis_bridge;
 pub mod server;
 pub mod session;
 pub mod transport;
+pub mod upstream;
 
 pub use config::Config;

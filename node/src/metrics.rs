@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The node's metrics. Counters only grow; gauges are set by their owner (the hub).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Open WebSocket connections (set by the hub).
+    /// Open WebSocket connections (counted by the sessions).
     pub connections: AtomicU64,
     /// Topics with at least one local subscriber (set by the hub).
     pub topics: AtomicU64,
@@ -22,6 +22,16 @@ pub struct Metrics {
     pub slow_consumer_disconnects: AtomicU64,
     /// Frames rejected with an error reply or a close.
     pub protocol_errors: AtomicU64,
+    /// 1 while the bridge to the shared backend is connected (0 without a backend).
+    pub bridge_up: AtomicU64,
+    /// Times the bridge connected again after losing the backend.
+    pub bridge_reconnects: AtomicU64,
+    /// Messages other nodes did not get because the bridge was down or full.
+    pub bridge_lost: AtomicU64,
+    /// Messages the bridge published to the backend.
+    pub bridge_published: AtomicU64,
+    /// Messages the bridge received from other nodes and producers.
+    pub bridge_received: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -40,10 +50,16 @@ pub fn set(gauge: &AtomicU64, value: usize) {
 }
 
 impl Metrics {
+    /// Whether the bridge is connected.
+    #[must_use]
+    pub fn is_bridge_up(&self) -> bool {
+        self.bridge_up.load(Ordering::Relaxed) == 1
+    }
+
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 13] = [
             (
                 "switchboard_connections",
                 "gauge",
@@ -92,6 +108,36 @@ impl Metrics {
                 "Frames rejected with an error reply or a close.",
                 &self.protocol_errors,
             ),
+            (
+                "switchboard_bridge_up",
+                "gauge",
+                "1 while the bridge to the shared backend is connected.",
+                &self.bridge_up,
+            ),
+            (
+                "switchboard_bridge_reconnects_total",
+                "counter",
+                "Times the bridge reconnected after losing the backend.",
+                &self.bridge_reconnects,
+            ),
+            (
+                "switchboard_bridge_lost_total",
+                "counter",
+                "Messages other nodes missed because the bridge was down or full.",
+                &self.bridge_lost,
+            ),
+            (
+                "switchboard_bridge_published_total",
+                "counter",
+                "Messages the bridge published to the backend.",
+                &self.bridge_published,
+            ),
+            (
+                "switchboard_bridge_received_total",
+                "counter",
+                "Messages the bridge received from other nodes and producers.",
+                &self.bridge_received,
+            ),
         ];
         let mut out = String::with_capacity(1024);
         for (name, kind, help, value) in rows {
@@ -120,6 +166,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 8);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 13);
     }
 }

@@ -6,16 +6,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor as _, Addr};
+use actix::{Actor as _, Addr, Arbiter, AsyncContext as _};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::http::{self, AppState};
 use crate::hub::{CloseAll, Hub};
 use crate::metrics::Metrics;
+use crate::redis_bridge::RedisBridge;
 use crate::session::{close, SessionLimits};
+use crate::upstream::{origin_id, Upstream};
 
 /// A socket whose sent data stays unacknowledged this long (a peer that stopped reading, or
 /// vanished) is dropped by the kernel. This is what finally frees a slow consumer whose
@@ -28,7 +30,8 @@ pub const STALLED_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Binding the address, or the HTTP server failing.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let hub = Hub::new(config.max_topics_per_socket, metrics.clone()).start();
+    let backend = config.backend()?;
+    let hub = start_hub(&config, &backend, &metrics)?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
         hub: hub.clone(),
@@ -37,9 +40,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_frame_bytes: config.max_frame_bytes,
             idle_timeout: config.idle_timeout,
             send_buffer_bytes: config.send_buffer_bytes,
+            bridged: backend != Backend::Memory,
         }),
         max_publish_bytes: config.max_publish_bytes,
         shutting_down: shutting_down.clone(),
+        backend: match backend {
+            Backend::Redis { .. } => "redis",
+            _ => "memory",
+        },
     };
     let data = web::Data::new(state);
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
@@ -71,6 +79,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     server.await.context("HTTP server failed")?;
     info!("stopped");
     Ok(())
+}
+
+/// Starts the hub, and the bridge actor on its own thread when a backend is configured.
+fn start_hub(
+    config: &Config,
+    backend: &Backend,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Addr<Hub>> {
+    let max_topics = config.max_topics_per_socket;
+    match backend {
+        Backend::Redis { url, prefix } => {
+            let origin = origin_id();
+            info!(%origin, prefix = %prefix, "sharing topics through redis");
+            // Check the URL before the actors start, so a bad one fails here, clearly.
+            redis::Client::open(url.as_str()).context("invalid --redis-url")?;
+            let (url, prefix, metrics) = (url.clone(), prefix.clone(), metrics.clone());
+            Ok(Hub::create(move |ctx| {
+                let hub = ctx.address();
+                let bridge_metrics = metrics.clone();
+                let bridge = RedisBridge::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                    // The URL was checked above, so this cannot fail.
+                    RedisBridge::new(&url, prefix, origin, hub, bridge_metrics)
+                        .expect("redis URL checked at start-up")
+                });
+                Hub::new(max_topics, metrics, Some(Upstream::of("redis", &bridge)))
+            }))
+        }
+        _ => Ok(Hub::new(max_topics, metrics.clone(), None).start()),
+    }
 }
 
 /// Tells every session to close with 1001 and waits until they have, or `timeout` is near.

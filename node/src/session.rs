@@ -39,6 +39,9 @@ pub mod close {
     pub const PROTOCOL: (u16, &str) = (1002, "websocket protocol error");
 }
 
+/// The error reason of a push made while the bridge is down.
+pub const UPSTREAM_DOWN: &str = "upstream unavailable: delivered on this node only";
+
 /// The limits every session applies.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -48,6 +51,9 @@ pub struct SessionLimits {
     pub idle_timeout: Duration,
     /// Unsent bytes allowed before the session is a slow consumer.
     pub send_buffer_bytes: usize,
+    /// Whether a bridge shares publishes with other nodes (then a push made while it is down
+    /// is answered with an error, though local subscribers got it).
+    pub bridged: bool,
 }
 
 /// Tells a session to close its socket with `code` and `reason`.
@@ -166,6 +172,15 @@ impl WsSession {
                         payload: payload.clone(),
                     };
                     match self.hub.try_send(publish) {
+                        Ok(()) if self.limits.bridged && !self.metrics.is_bridge_up() => {
+                            self.reply(
+                                ctx,
+                                &frame,
+                                &Reply::Error {
+                                    reason: UPSTREAM_DOWN,
+                                },
+                            );
+                        }
                         Ok(()) => {
                             if frame.msg_ref.is_some() {
                                 self.reply(ctx, &frame, &Reply::OkEmpty);
