@@ -175,13 +175,18 @@ async fn publish(mut body: web::Payload, state: web::Data<AppState>) -> HttpResp
 
 /// Validates a publish body; the error is `(code, message)`.
 fn parse_publish(bytes: &[u8]) -> Result<Publish, (&'static str, String)> {
-    let body: PublishBody = serde_json::from_slice(bytes).map_err(|err| {
-        if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
-            ("invalid_body", format!("{err}; expected {{\"topic\": string, \"event\"?: string, \"payload\": any JSON}}"))
-        } else {
-            ("invalid_json", format!("the body is not valid JSON: {err}"))
-        }
-    })?;
+    const SHAPE: &str = r#"expected {"topic": string, "event"?: string, "payload": any JSON}"#;
+    if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(("invalid_json", format!("the body is not valid JSON: {err}")));
+    }
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err((
+            "invalid_body",
+            format!("the body must be a JSON object; {SHAPE}"),
+        ));
+    }
+    let body: PublishBody =
+        serde_json::from_slice(bytes).map_err(|err| ("invalid_body", format!("{err}; {SHAPE}")))?;
     let topic = Topic::try_from(body.topic)
         .map_err(|err| ("invalid_topic", format!("invalid topic: {err}")))?;
     let event = body.event.unwrap_or_else(|| DEFAULT_EVENT.to_owned());

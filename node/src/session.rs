@@ -243,7 +243,17 @@ impl WsSession {
             self.reply(ctx, &frame, &Reply::OkEmpty);
             return;
         }
-        let Some(session) = self.id else { return };
+        let Some(session) = self.id else {
+            // Unreachable in practice: no frame is handled before the hub has answered.
+            self.reply(
+                ctx,
+                &frame,
+                &Reply::Error {
+                    reason: "server unavailable",
+                },
+            );
+            return;
+        };
         let subscribe = Subscribe {
             session,
             topic: frame.topic.clone(),
