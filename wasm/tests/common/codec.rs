@@ -1,0 +1,108 @@
+//! `decodeFrame` / `encodeFrame`: the node's codec and its error codes.
+
+use js_sys::Object;
+use switchboard_wasm::{decode_frame, encode_frame};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+use super::{code, json, parse};
+
+#[wasm_bindgen_test]
+fn decodes_client_frames_with_their_kind() {
+    let cases = [
+        (
+            r#"["3","3","room:lobby","phx_join",{"token":"t"}]"#,
+            r#"{"joinRef":"3","ref":"3","topic":"room:lobby","event":"phx_join","payload":{"token":"t"},"kind":"join"}"#,
+        ),
+        (
+            r#"["3","5","room:lobby","phx_leave",{"ignored":true}]"#,
+            r#"{"joinRef":"3","ref":"5","topic":"room:lobby","event":"phx_leave","payload":{},"kind":"leave"}"#,
+        ),
+        (
+            r#"[null,"6","phoenix","heartbeat",{}]"#,
+            r#"{"joinRef":null,"ref":"6","topic":"phoenix","event":"heartbeat","payload":{},"kind":"heartbeat"}"#,
+        ),
+        (
+            r#"["3",null,"room:lobby","new_msg",{"body":"hi","n":[1,2.5]}]"#,
+            r#"{"joinRef":"3","ref":null,"topic":"room:lobby","event":"new_msg","payload":{"body":"hi","n":[1,2.5]},"kind":"push"}"#,
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(json(&decode_frame(text).expect(text)), expected);
+    }
+}
+
+#[wasm_bindgen_test]
+fn decode_errors_carry_the_nodes_codes() {
+    let oversized = format!(r#"[null,null,"t","e",{{"pad":"{}"}}]"#, "x".repeat(70_000));
+    let cases = [
+        (oversized.as_str(), "frame_too_large"),
+        ("not json", "not_json"),
+        (r#"{"a":1}"#, "not_array"),
+        (r#"[null,null,"t"]"#, "wrong_length"),
+        (r#"[1,null,"t","e",{}]"#, "wrong_type"),
+        (r#"[null,null,"t","e",[1]]"#, "payload_not_object"),
+        (r#"[null,null,"","e",{}]"#, "invalid_topic"),
+        (r#"[null,null,"t","",{}]"#, "empty_event"),
+        (r#"[null,"1","t","phx_reply",{}]"#, "reserved_event"),
+    ];
+    for (text, expected) in cases {
+        let thrown = decode_frame(text).expect_err(expected);
+        assert_eq!(code(&thrown), expected);
+    }
+    let thrown = decode_frame(r#"[1,null,"t","e",{}]"#).expect_err("wrong type");
+    assert_eq!(super::message(&thrown), "join_ref must be a string or null");
+}
+
+#[wasm_bindgen_test]
+fn encodes_frames_in_either_direction() {
+    let frame = parse(
+        r#"{"joinRef":"3","ref":"3","topic":"room:lobby","event":"phx_reply","payload":{"status":"ok","response":{}}}"#,
+    );
+    assert_eq!(
+        encode_frame(frame),
+        Ok(r#"["3","3","room:lobby","phx_reply",{"status":"ok","response":{}}]"#.to_owned())
+    );
+    let broadcast = parse(r#"{"topic":"room:lobby","event":"new_msg","payload":[1,"two"]}"#);
+    assert_eq!(
+        encode_frame(broadcast),
+        Ok(r#"[null,null,"room:lobby","new_msg",[1,"two"]]"#.to_owned())
+    );
+    let minimal = parse(r#"{"topic":"t","event":"e"}"#);
+    assert_eq!(
+        encode_frame(minimal),
+        Ok(r#"[null,null,"t","e",{}]"#.to_owned())
+    );
+    // A client frame survives the round trip.
+    let text = r#"["1","2","room:é","new_msg",{"body":"a\"b\n"}]"#;
+    let decoded = decode_frame(text).expect("valid");
+    assert_eq!(encode_frame(decoded), Ok(text.to_owned()));
+}
+
+#[wasm_bindgen_test]
+fn encode_errors_carry_the_nodes_codes() {
+    let cases = [
+        (r#"{"topic":"","event":"e"}"#, "invalid_topic"),
+        (r#"{"topic":"t","event":""}"#, "empty_event"),
+        (r#"{"topic":"t"}"#, "wrong_type"),
+        (r#"{"joinRef":3,"topic":"t","event":"e"}"#, "wrong_type"),
+        ("null", "invalid_argument"),
+        (r#""text""#, "invalid_argument"),
+    ];
+    for (frame, expected) in cases {
+        let thrown = encode_frame(parse(frame)).expect_err(frame);
+        assert_eq!(code(&thrown), expected, "{frame}");
+    }
+    let frame: JsValue = Object::new().into();
+    let _ = js_sys::Reflect::set(&frame, &"topic".into(), &"t".into());
+    let _ = js_sys::Reflect::set(&frame, &"event".into(), &"e".into());
+    let _ = js_sys::Reflect::set(
+        &frame,
+        &"payload".into(),
+        &js_sys::Function::new_no_args("").into(),
+    );
+    assert_eq!(
+        code(&encode_frame(frame).expect_err("function")),
+        "not_serializable"
+    );
+}
