@@ -53,8 +53,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
         .on_connect(|connection, _| {
             if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = socket2::SockRef::from(stream)
-                    .set_tcp_user_timeout(Some(STALLED_WRITE_TIMEOUT));
+                let socket = socket2::SockRef::from(stream);
+                // Frames are small and latency matters: never wait for Nagle's algorithm.
+                let _ = socket.set_tcp_nodelay(true);
+                let _ = socket.set_tcp_user_timeout(Some(STALLED_WRITE_TIMEOUT));
             }
         })
         // Drop a connection as soon as its response (a WebSocket after the close handshake)

@@ -20,8 +20,10 @@ use crate::metrics::{self, Metrics};
 use crate::outbox::{Deliver, Outbox, QueuedBytes};
 use crate::transport::{self, Item, Message, ProtocolError, SocketContext};
 
-/// How many deliveries a session's mailbox holds; the byte budget usually binds first.
-pub const SESSION_MAILBOX_CAPACITY: usize = 4096;
+/// Smallest frame the mailbox is sized for: a session's mailbox holds
+/// `send_buffer_bytes / MIN_FRAME_BYTES` deliveries, so with frames of at least this size
+/// the byte budget is what binds.
+pub const MIN_FRAME_BYTES: usize = 64;
 
 /// Close codes and reasons the session sends.
 pub mod close {
@@ -329,7 +331,7 @@ impl Actor for WsSession {
     type Context = SocketContext;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(SESSION_MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity((self.limits.send_buffer_bytes / MIN_FRAME_BYTES).max(16));
         metrics::add(&self.metrics.connections, 1);
         let connect = Connect {
             outbox: Outbox::new(
