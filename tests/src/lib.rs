@@ -1,0 +1,47 @@
+//! End-to-end harness for the `switchboard` node: starts the real binary and talks to it the
+//! way users do, over WebSocket (Phoenix Channels V2 JSON) and HTTP.
+//!
+//! The behaviour under test is the contract in `docs/node.md` and `docs/redis.md`; the
+//! integration tests in `tests/tests/` each start their own node on a free loopback port.
+//!
+//! # Layout
+//!
+//! - [`node`]: [`Node`], one `switchboard` process: finding the binary, starting it with
+//!   `--bind 127.0.0.1:0`, reading the address it prints, draining its output, SIGTERM, RSS
+//!   and metrics.
+//! - [`client`]: [`Client`], an async WebSocket client that keeps Phoenix refs the way
+//!   phoenix.js does (`join_ref` is the ref of the join) and waits for frames with timeouts.
+//! - [`frame`]: [`PhxFrame`], accessors for a received `[join_ref, ref, topic, event, payload]`.
+//! - [`http`]: a minimal HTTP/1.1 client over tokio, enough for `/api/publish`, `/healthz`,
+//!   `/readyz`, `/metrics` and deliberately malformed upgrade requests.
+//! - [`redis`]: a private `redis-server` on a free port (kill -9, restart on the same port)
+//!   and helpers to read its pub/sub state, for the Redis bridge tests.
+//! - [`rng`]: a small seeded generator, so randomised plans are reproducible.
+//! - `src/bin/crossnode.rs`: measures cross-node latency and bridge throughput next to
+//!   `redis-benchmark` (not a test; run it by hand).
+//!
+//! # Panics
+//!
+//! This is test support: the convenience methods panic with a message that says what was
+//! expected and what arrived instead (and the node's recent log), which is what a failing
+//! test should print. The `try_*` variants return errors for tests that expect failure.
+
+pub mod client;
+pub mod frame;
+pub mod http;
+pub mod node;
+pub mod redis;
+pub mod rng;
+
+pub use client::{Client, CloseOutcome, Incoming};
+pub use frame::PhxFrame;
+pub use http::HttpResponse;
+pub use node::{Exit, Node};
+pub use rng::Rng;
+
+use std::time::Duration;
+
+/// How long the harness waits for something that should happen promptly (a reply, a
+/// broadcast, a close) before declaring it missing. Generous: the tests run on a noisy
+/// two-core machine next to a debug build.
+pub const PATIENCE: Duration = Duration::from_secs(10);
