@@ -13,6 +13,8 @@
 //!   [`Payload`], [`Reply`]).
 //! - [`codec`]: decoding with a typed [`DecodeError`] for every malformation, and encoding of
 //!   replies, `phx_close` and broadcasts (encoded once into a shared [`SharedFrame`]).
+//! - [`rules`]: [`ChannelRules`], who may join and push per namespace ([`Rule`]: anyone,
+//!   authenticated, owner, nobody).
 //! - `model` (feature `model`): a plain reference model and op-sequence checker shared by
 //!   property tests, fuzz targets and the wasm tests.
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod frame;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod registry;
+pub mod rules;
 pub mod session;
 pub mod topic;
 
@@ -35,5 +38,6 @@ pub use registry::{
     Emptied, Registry, SubscribeError, Subscribed, Subscribers, Unsubscribed,
     DEFAULT_MAX_TOPICS_PER_SESSION,
 };
+pub use rules::{Access, ChannelRules, Rule, UnknownRule};
 pub use session::SessionId;
 pub use topic::{Topic, TopicError, MAX_TOPIC_BYTES};
