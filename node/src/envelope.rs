@@ -1,4 +1,4 @@
-//! How messages look on the shared channel (a Redis channel today).
+//! How messages look on the shared channel (a Redis channel or a PostgreSQL NOTIFY channel).
 //!
 //! A node publishes an *envelope*, a JSON object that keeps the event name and says which
 //! process sent it:
@@ -63,6 +63,27 @@ pub fn encode(origin: &str, event: &str, payload: &Payload) -> String {
     out
 }
 
+/// The length in bytes of [`encode`]'s output for an origin of `origin_len` bytes, without
+/// building it (an origin is ASCII hex, so it is never escaped).
+#[must_use]
+pub fn encoded_len(origin_len: usize, event: &str, payload: &Payload) -> usize {
+    // {"switchboard":{"event":E,"origin":"O"},"payload":P}
+    const FIXED: usize = r#"{"switchboard":{"event":,"origin":""},"payload":}"#.len();
+    FIXED + json_string_len(event) + origin_len + payload.get().len()
+}
+
+/// The length of `text` as a JSON string, quotes included, as `serde_json` writes it.
+fn json_string_len(text: &str) -> usize {
+    2 + text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
+}
+
 /// Decodes whatever arrived on the channel: an envelope, raw JSON, or raw text.
 #[must_use]
 pub fn decode(bytes: &[u8]) -> Received {
@@ -103,6 +124,30 @@ mod tests {
         assert_eq!(received.origin.as_deref(), Some("abc"));
         assert_eq!(received.event, "new_msg");
         assert_eq!(received.payload, payload);
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        let payloads = [r#"{"body":"hi"}"#, "[]", r#""\u0000é""#, "1"];
+        let events = [
+            "m",
+            "new \"msg\"",
+            "tab\tnl\nback\\slash",
+            "\u{1}\u{1f}\u{8}\u{c}",
+            "é€😀",
+        ];
+        for payload in payloads {
+            let payload = Payload::from_json(payload).unwrap();
+            for event in events {
+                for origin in ["", "3f9a0c12d4e5b6a7"] {
+                    assert_eq!(
+                        encoded_len(origin.len(), event, &payload),
+                        encode(origin, event, &payload).len(),
+                        "{event:?} {payload:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -4,16 +4,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_core::{events, Payload, Topic};
+use tracing::debug;
 
+use crate::connections::ConnectionSlots;
 use crate::hub::{Hub, Publish, Published, UpstreamOutcome};
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
+use crate::security::Security;
 use crate::session::{SessionLimits, WsSession};
 use crate::transport;
 
@@ -38,6 +41,10 @@ pub struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     /// The backend's name (`memory`, `redis`).
     pub backend: &'static str,
+    /// Tokens, channel rules, API key, origins.
+    pub security: Arc<Security>,
+    /// The connection limit.
+    pub slots: ConnectionSlots,
 }
 
 /// Registers every route.
@@ -61,6 +68,7 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Htt
 #[derive(Debug, Deserialize)]
 struct SocketQuery {
     vsn: Option<String>,
+    token: Option<String>,
 }
 
 async fn socket(
@@ -70,7 +78,10 @@ async fn socket(
 ) -> HttpResponse {
     let query = web::Query::<SocketQuery>::from_query(req.query_string())
         .map(web::Query::into_inner)
-        .unwrap_or(SocketQuery { vsn: None });
+        .unwrap_or(SocketQuery {
+            vsn: None,
+            token: None,
+        });
     match query.vsn.as_deref() {
         Some(PROTOCOL_VSN) => {}
         Some(other) => {
@@ -97,10 +108,48 @@ async fn socket(
             "the node is shutting down",
         );
     }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|value| value.to_str().unwrap_or("\u{fffd}"));
+    if !state.security.origin_allowed(origin) {
+        metrics::add(&state.metrics.unauthorized, 1);
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open a socket here",
+        );
+    }
+    let identity = match state.security.authenticate(query.token.as_deref()) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            metrics::add(&state.metrics.unauthorized, 1);
+            debug!(%reason, "socket refused");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid token is required (the token query parameter)",
+            );
+        }
+    };
+    let Some(slot) = state.slots.try_acquire() else {
+        metrics::add(&state.metrics.refused_connections, 1);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!(
+                "the node holds its limit of {} connections; retry later or elsewhere",
+                state.slots.limit()
+            ),
+        );
+    };
     let session = WsSession::new(
         state.hub.clone(),
         state.limits.clone(),
         state.metrics.clone(),
+        state.security.clone(),
+        identity,
+        slot,
     );
     match transport::upgrade(session, &req, payload, state.limits.max_frame_bytes) {
         Ok(response) => response,
@@ -122,7 +171,24 @@ struct PublishBody {
     payload: Box<RawValue>,
 }
 
-async fn publish(mut body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn publish(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    if !state.security.api_key_accepted(authorization) {
+        metrics::add(&state.metrics.unauthorized, 1);
+        return HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .json(json!({"error": {
+                "code": "unauthorized",
+                "message": "publishing needs the API key as `Authorization: Bearer <key>`",
+            }}));
+    }
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
         let Ok(chunk) = chunk else {
@@ -161,6 +227,18 @@ async fn publish(mut body: web::Payload, state: web::Data<AppState>) -> HttpResp
                 ),
             },
             "recipients": recipients,
+        })),
+        Ok(Published {
+            upstream: UpstreamOutcome::TooLarge(too_large),
+            ..
+        }) => HttpResponse::PayloadTooLarge().json(json!({
+            "error": {
+                "code": "payload_too_large_for_backend",
+                "message": too_large.to_string(),
+                "limit": too_large.max_bytes,
+                "size": too_large.size,
+            },
+            "recipients": 0,
         })),
         Ok(Published { recipients, .. }) => {
             HttpResponse::Ok().json(json!({ "ok": true, "recipients": recipients }))
@@ -230,7 +308,22 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "bridge": bridge,
         }))
     } else {
-        HttpResponse::Ok().json(json!({ "status": "ready", "backend": backend, "bridge": bridge }))
+        HttpResponse::Ok().json(json!({
+            "status": "ready",
+            "backend": backend,
+            "bridge": bridge,
+            "auth": auth_mode(&state.security),
+        }))
+    }
+}
+
+/// How sockets are admitted, for `/readyz`: `token`, or `open` (development: anyone may
+/// join and push anywhere).
+const fn auth_mode(security: &Security) -> &'static str {
+    if security.requires_token() {
+        "token"
+    } else {
+        "open"
     }
 }
 

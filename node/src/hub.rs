@@ -19,7 +19,9 @@ use tracing::{debug, info, warn};
 use crate::metrics::{self, Metrics};
 use crate::outbox::{Outbox, Overflow};
 use crate::session::CloseSession;
-use crate::upstream::{Upstream, UpstreamPublish, UpstreamSubscribe, UpstreamUnsubscribe};
+use crate::upstream::{
+    TooLarge, Upstream, UpstreamPublish, UpstreamSubscribe, UpstreamUnsubscribe,
+};
 
 /// How many messages the hub's mailbox holds before senders that respect it must wait
 /// (HTTP publishes) or are refused (socket pushes).
@@ -252,6 +254,8 @@ pub enum UpstreamOutcome {
     Forwarded,
     /// The bridge is down or full: only this node's subscribers got it.
     Unavailable,
+    /// Over the backend's message limit: refused whole, delivered nowhere (not even here).
+    TooLarge(TooLarge),
 }
 
 impl Hub {
@@ -274,6 +278,15 @@ impl Handler<Publish> for Hub {
     type Result = MessageResult<Publish>;
 
     fn handle(&mut self, msg: Publish, _: &mut Self::Context) -> Self::Result {
+        if let Some(limit) = self.upstream.as_ref().and_then(|u| u.limit) {
+            if let Err(too_large) = limit.check(&msg.event, &msg.payload) {
+                debug!(topic = %msg.topic, %too_large, "publish refused");
+                return MessageResult(Published {
+                    recipients: 0,
+                    upstream: UpstreamOutcome::TooLarge(too_large),
+                });
+            }
+        }
         metrics::add(&self.metrics.publishes, 1);
         let recipients = self.deliver_locally(&msg.topic, &msg.event, &msg.payload);
         let upstream = match &self.upstream {

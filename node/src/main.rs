@@ -1,12 +1,18 @@
 //! The `switchboard` binary.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 
+use anyhow::Context as _;
+use switchboard_node::config::Command;
+use switchboard_node::security::Security;
 use switchboard_node::{server, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::load()?;
+    if let Some(Command::Token { sub, ttl }) = &config.command {
+        return print_token(&config, sub, ttl.as_secs());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -15,4 +21,13 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     actix_web::rt::System::new().block_on(server::run(config))
+}
+
+/// `switchboard token --sub ID --ttl 1h`: prints a connect token on standard output.
+fn print_token(config: &Config, sub: &str, ttl_seconds: u64) -> anyhow::Result<()> {
+    let security = Security::from_config(config).map_err(anyhow::Error::msg)?;
+    let token = security
+        .sign(sub, ttl_seconds)
+        .map_err(anyhow::Error::msg)?;
+    writeln!(std::io::stdout().lock(), "{token}").context("cannot write the token")
 }

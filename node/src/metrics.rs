@@ -22,6 +22,13 @@ pub struct Metrics {
     pub slow_consumer_disconnects: AtomicU64,
     /// Frames rejected with an error reply or a close.
     pub protocol_errors: AtomicU64,
+    /// Sockets, joins, pushes and publishes refused for want of a token, a rule, the API key
+    /// or an allowed origin.
+    pub unauthorized: AtomicU64,
+    /// Pushes refused by the per-socket rate limit.
+    pub rate_limited: AtomicU64,
+    /// Connections refused at the connection limit.
+    pub refused_connections: AtomicU64,
     /// 1 while the bridge to the shared backend is connected (0 without a backend).
     pub bridge_up: AtomicU64,
     /// Times the bridge connected again after losing the backend.
@@ -59,7 +66,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 13] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
             (
                 "switchboard_connections",
                 "gauge",
@@ -107,6 +114,24 @@ impl Metrics {
                 "counter",
                 "Frames rejected with an error reply or a close.",
                 &self.protocol_errors,
+            ),
+            (
+                "switchboard_unauthorized_total",
+                "counter",
+                "Sockets, joins, pushes and publishes refused by tokens, rules, API key or origin.",
+                &self.unauthorized,
+            ),
+            (
+                "switchboard_rate_limited_total",
+                "counter",
+                "Pushes refused by the per-socket rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "switchboard_refused_connections_total",
+                "counter",
+                "Connections refused at the connection limit.",
+                &self.refused_connections,
             ),
             (
                 "switchboard_bridge_up",
@@ -166,6 +191,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 13);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 16);
     }
 }

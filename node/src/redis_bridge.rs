@@ -16,50 +16,34 @@
 //! reconnects with a backoff capped at [`MAX_BACKOFF`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use switchboard_core::Topic;
 use tracing::{debug, info, warn};
 
+use crate::bridge::{self, Edge, Link, Outgoing};
+pub use crate::bridge::{BRIDGE_MAILBOX_CAPACITY, CONNECT_TIMEOUT, MAX_BACKOFF, MIN_BACKOFF};
 use crate::envelope;
-use crate::hub::{BridgeStatus, Hub, Incoming, ListTopics};
+use crate::hub::{Hub, ListTopics};
 use crate::metrics::{self, Metrics};
 use crate::upstream::{UpstreamPublish, UpstreamSubscribe, UpstreamUnsubscribe};
 
-/// First reconnect delay.
-pub const MIN_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest reconnect delay: a restarted Redis is used again within this long.
-pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
-/// How long one connect attempt (both connections and the resubscription) may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Messages the bridge's mailbox holds; the hub counts a publish it cannot queue as lost.
-pub const BRIDGE_MAILBOX_CAPACITY: usize = 64 * 1024;
 /// Most publishes sent in one pipeline.
 const MAX_BATCH: usize = 1024;
 /// Most channels in one SUBSCRIBE during a resubscription.
 const SUBSCRIBE_CHUNK: usize = 1000;
 
-/// A subscription change the hub reported.
-#[derive(Debug, Clone)]
-enum Edge {
-    Subscribe(String),
-    Unsubscribe(String),
+/// The live connections.
+struct Connection {
+    sink: PubSubSink,
+    publisher: MultiplexedConnection,
 }
 
-/// Where the bridge is in its connection life.
-#[derive(Debug)]
-enum Link {
-    /// Not connected; a reconnect is scheduled.
-    Down,
-    /// A connect attempt is running; edges reported meanwhile are replayed once it succeeds.
-    Connecting { pending: Vec<Edge> },
-    /// Connected.
-    Up {
-        sink: PubSubSink,
-        publisher: MultiplexedConnection,
-    },
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").finish_non_exhaustive()
+    }
 }
 
 /// The Redis bridge. Runs on its own arbiter (thread).
@@ -69,13 +53,9 @@ pub struct RedisBridge {
     origin: String,
     hub: Addr<Hub>,
     metrics: Arc<Metrics>,
-    link: Link,
-    /// Incremented per connection, so events of an old connection are recognised.
-    generation: u64,
-    backoff: Duration,
-    connected_before: bool,
-    batch: Vec<(String, String)>,
-    flushing: bool,
+    link: Link<Connection>,
+    /// (channel, envelope) pairs waiting to be published.
+    outgoing: Outgoing<(String, String)>,
 }
 
 impl std::fmt::Debug for RedisBridge {
@@ -106,12 +86,8 @@ impl RedisBridge {
             origin,
             hub,
             metrics,
-            link: Link::Down,
-            generation: 0,
-            backoff: MIN_BACKOFF,
-            connected_before: false,
-            batch: Vec::new(),
-            flushing: false,
+            link: Link::new(),
+            outgoing: Outgoing::default(),
         })
     }
 
@@ -120,10 +96,7 @@ impl RedisBridge {
     }
 
     fn connect(&mut self, ctx: &mut Context<Self>) {
-        self.link = Link::Connecting {
-            pending: Vec::new(),
-        };
-        self.generation += 1;
+        let generation = self.link.connecting();
         let client = self.client.clone();
         let hub = self.hub.clone();
         let prefix = self.prefix.clone();
@@ -142,7 +115,7 @@ impl RedisBridge {
             Ok::<_, redis::RedisError>((sink, stream, publisher, channels.len()))
         };
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, attempt);
-        ctx.spawn(attempt.into_actor(self).map(|outcome, act, ctx| {
+        ctx.spawn(attempt.into_actor(self).map(move |outcome, act, ctx| {
             let outcome = outcome.unwrap_or_else(|_| {
                 Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
@@ -151,66 +124,53 @@ impl RedisBridge {
             });
             match outcome {
                 Ok((sink, stream, publisher, resubscribed)) => {
-                    act.on_connected(sink, stream, publisher, resubscribed, ctx);
+                    let connection = Connection { sink, publisher };
+                    act.on_connected(generation, connection, stream, resubscribed, ctx);
                 }
-                Err(err) => act.on_failure(&err.to_string(), ctx),
+                Err(err) => act.on_failure(generation, &err.to_string(), ctx),
             }
         }));
     }
 
     fn on_connected(
         &mut self,
-        sink: PubSubSink,
+        generation: u64,
+        connection: Connection,
         stream: redis::aio::PubSubStream,
-        publisher: MultiplexedConnection,
         resubscribed: usize,
         ctx: &mut Context<Self>,
     ) {
-        let pending = match std::mem::replace(&mut self.link, Link::Up { sink, publisher }) {
-            Link::Connecting { pending } => pending,
-            _ => Vec::new(),
+        let Some(connected) = self.link.connected(generation, connection) else {
+            return;
         };
-        if self.connected_before {
-            metrics::add(&self.metrics.bridge_reconnects, 1);
-        }
-        self.connected_before = true;
-        self.backoff = MIN_BACKOFF;
-        metrics::set(&self.metrics.bridge_up, 1);
-        self.hub.do_send(BridgeStatus { up: true });
-        info!(resubscribed, replayed = pending.len(), "redis bridge up");
-        for edge in pending {
+        bridge::report_up(&self.hub, &self.metrics, &connected);
+        info!(
+            resubscribed,
+            replayed = connected.pending.len(),
+            "redis bridge up"
+        );
+        for edge in connected.pending {
             self.apply(edge, ctx);
         }
-        let generation = self.generation;
         ctx.spawn(
             fut::wrap_stream::<_, Self>(stream)
                 .map(|msg: redis::Msg, act, _| act.on_message(&msg))
                 .finish()
-                .map(move |(), act, ctx| {
-                    if act.generation == generation {
-                        act.on_failure("connection closed", ctx);
-                    }
-                }),
+                .map(move |(), act, ctx| act.on_failure(generation, "connection closed", ctx)),
         );
     }
 
-    fn on_failure(&mut self, why: &str, ctx: &mut Context<Self>) {
-        let was_up = matches!(self.link, Link::Up { .. });
-        self.link = Link::Down;
-        self.generation += 1;
-        if was_up || !self.connected_before {
+    fn on_failure(&mut self, generation: u64, why: &str, ctx: &mut Context<Self>) {
+        let Some(lost) = self.link.failed(generation) else {
+            return;
+        };
+        if lost.notable {
             warn!(reason = why, "redis bridge down; delivering locally only");
         } else {
             debug!(reason = why, "redis reconnect failed");
         }
-        metrics::set(&self.metrics.bridge_up, 0);
-        self.hub.do_send(BridgeStatus { up: false });
-        let lost = self.batch.len();
-        self.batch.clear();
-        metrics::add(&self.metrics.bridge_lost, lost as u64);
-        let delay = self.backoff;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        ctx.run_later(delay, |act, ctx| act.connect(ctx));
+        bridge::report_down(&self.hub, &self.metrics, self.outgoing.clear());
+        ctx.run_later(lost.retry_in, |act, ctx| act.connect(ctx));
     }
 
     fn on_message(&mut self, msg: &redis::Msg) {
@@ -224,35 +184,26 @@ impl RedisBridge {
             );
             return;
         };
-        let received = envelope::decode(msg.get_payload_bytes());
-        if received.origin.as_deref() == Some(self.origin.as_str()) {
-            return;
-        }
-        metrics::add(&self.metrics.bridge_received, 1);
-        let incoming = Incoming {
+        bridge::deliver_incoming(
+            &self.hub,
+            &self.metrics,
+            &self.origin,
             topic,
-            event: received.event,
-            payload: received.payload,
-        };
-        if self.hub.try_send(incoming).is_err() {
-            metrics::add(&self.metrics.bridge_lost, 1);
-        }
+            msg.get_payload_bytes(),
+        );
     }
 
     fn edge(&mut self, edge: Edge, ctx: &mut Context<Self>) {
-        match &mut self.link {
-            Link::Connecting { pending } => pending.push(edge),
-            // The next connect resubscribes from the hub's topic list.
-            Link::Down => {}
-            Link::Up { .. } => self.apply(edge, ctx),
+        if let Some(edge) = self.link.edge(edge) {
+            self.apply(edge, ctx);
         }
     }
 
     fn apply(&mut self, edge: Edge, ctx: &mut Context<Self>) {
-        let Link::Up { sink, .. } = &self.link else {
+        let Some(connection) = self.link.up() else {
             return;
         };
-        let mut sink = sink.clone();
+        let mut sink = connection.sink.clone();
         ctx.spawn(
             async move {
                 match &edge {
@@ -272,26 +223,23 @@ impl RedisBridge {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.batch.is_empty() {
-            return;
-        }
-        let Link::Up { publisher, .. } = &self.link else {
+        let Some(connection) = self.link.up() else {
             return;
         };
-        let mut publisher = publisher.clone();
-        let take = self.batch.len().min(MAX_BATCH);
-        let batch: Vec<(String, String)> = self.batch.drain(..take).collect();
+        let mut publisher = connection.publisher.clone();
+        let Some(batch) = self.outgoing.next_batch(MAX_BATCH) else {
+            return;
+        };
         let count = batch.len() as u64;
         let mut pipe = redis::pipe();
         for (channel, message) in &batch {
             pipe.cmd("PUBLISH").arg(channel).arg(message).ignore();
         }
-        self.flushing = true;
         ctx.spawn(
             async move { pipe.query_async::<()>(&mut publisher).await }
                 .into_actor(self)
                 .map(move |outcome, act, ctx| {
-                    act.flushing = false;
+                    act.outgoing.done();
                     match outcome {
                         Ok(()) => metrics::add(&act.metrics.bridge_published, count),
                         Err(err) => {
@@ -336,12 +284,12 @@ impl Handler<UpstreamPublish> for RedisBridge {
     type Result = ();
 
     fn handle(&mut self, msg: UpstreamPublish, ctx: &mut Self::Context) {
-        if !matches!(self.link, Link::Up { .. }) {
+        if !self.link.is_up() {
             metrics::add(&self.metrics.bridge_lost, 1);
             return;
         }
         let message = envelope::encode(&self.origin, &msg.event, &msg.payload);
-        self.batch.push((self.channel(&msg.topic), message));
+        self.outgoing.push((self.channel(&msg.topic), message));
         self.flush(ctx);
     }
 }

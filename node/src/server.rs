@@ -12,10 +12,13 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::config::{Backend, Config};
+use crate::connections::{automatic_limit, raise_open_file_limit, ConnectionSlots};
 use crate::http::{self, AppState};
 use crate::hub::{CloseAll, Hub};
 use crate::metrics::Metrics;
+use crate::postgres_bridge::{self, PostgresBridge};
 use crate::redis_bridge::RedisBridge;
+use crate::security::Security;
 use crate::session::{close, SessionLimits};
 use crate::upstream::{origin_id, Upstream};
 
@@ -31,6 +34,18 @@ pub const STALLED_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let backend = config.backend()?;
+    let security = Security::from_config(&config).map_err(anyhow::Error::msg)?;
+    if security.requires_token() {
+        info!("sockets need a token; channel rules enforced");
+    } else {
+        warn!("OPEN NODE: no --token-secret, so any socket may join and push to any topic; set one before exposing this node");
+    }
+    let open_files = raise_open_file_limit();
+    let max_connections = match config.max_connections {
+        0 => automatic_limit(open_files),
+        limit => limit,
+    };
+    info!(max_connections, open_files, "connection limit");
     let hub = start_hub(&config, &backend, &metrics)?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -40,14 +55,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_frame_bytes: config.max_frame_bytes,
             idle_timeout: config.idle_timeout,
             send_buffer_bytes: config.send_buffer_bytes,
+            max_topic_bytes: config.max_topic_bytes,
+            push_rate: config.push_rate,
+            push_burst: config.push_burst,
             bridged: backend != Backend::Memory,
+            upstream_limit: matches!(backend, Backend::Postgres { .. })
+                .then_some(postgres_bridge::MESSAGE_LIMIT),
         }),
         max_publish_bytes: config.max_publish_bytes,
         shutting_down: shutting_down.clone(),
         backend: match backend {
             Backend::Redis { .. } => "redis",
+            Backend::Postgres { .. } => "postgres",
             _ => "memory",
         },
+        security: Arc::new(security),
+        slots: ConnectionSlots::new(max_connections),
     };
     let data = web::Data::new(state);
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
@@ -106,6 +129,26 @@ fn start_hub(
                         .expect("redis URL checked at start-up")
                 });
                 Hub::new(max_topics, metrics, Some(Upstream::of("redis", &bridge)))
+            }))
+        }
+        Backend::Postgres { url, prefix } => {
+            let origin = origin_id();
+            info!(%origin, prefix = %prefix, "sharing topics through postgres");
+            // Check the URL before the actors start, so a bad one fails here, clearly.
+            postgres_bridge::parse_url(url).context("invalid --database-url")?;
+            let (url, prefix, metrics) = (url.clone(), prefix.clone(), metrics.clone());
+            Ok(Hub::create(move |ctx| {
+                let hub = ctx.address();
+                let bridge_metrics = metrics.clone();
+                let bridge =
+                    PostgresBridge::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                        // The URL was checked above, so this cannot fail.
+                        PostgresBridge::new(&url, prefix, origin, hub, bridge_metrics)
+                            .expect("database URL checked at start-up")
+                    });
+                let upstream = Upstream::of("postgres", &bridge)
+                    .with_max_message_bytes(postgres_bridge::MESSAGE_LIMIT.max_bytes);
+                Hub::new(max_topics, metrics, Some(upstream))
             }))
         }
         _ => Ok(Hub::new(max_topics, metrics.clone(), None).start()),

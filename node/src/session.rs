@@ -15,10 +15,14 @@ use switchboard_core::{
 };
 use tracing::debug;
 
+use crate::connections::ConnectionSlot;
 use crate::hub::{Connect, Disconnect, Hub, Publish, Subscribe, Unsubscribe};
 use crate::metrics::{self, Metrics};
 use crate::outbox::{Deliver, Outbox, QueuedBytes};
+use crate::rate_limit::TokenBucket;
+use crate::security::{Identity, Security};
 use crate::transport::{self, Item, Message, ProtocolError, SocketContext};
+use crate::upstream::MessageLimit;
 
 /// Smallest frame the mailbox is sized for: a session's mailbox holds
 /// `send_buffer_bytes / MIN_FRAME_BYTES` deliveries, so with frames of at least this size
@@ -41,6 +45,12 @@ pub mod close {
     pub const PROTOCOL: (u16, &str) = (1002, "websocket protocol error");
 }
 
+/// The error reason of a join or push the channel rules refuse.
+pub const UNAUTHORIZED: &str = "unauthorized";
+
+/// The error reason of a push over the socket's rate limit.
+pub const RATE_LIMITED: &str = "rate limit exceeded";
+
 /// The error reason of a push made while the bridge is down.
 pub const UPSTREAM_DOWN: &str = "upstream unavailable: delivered on this node only";
 
@@ -53,9 +63,18 @@ pub struct SessionLimits {
     pub idle_timeout: Duration,
     /// Unsent bytes allowed before the session is a slow consumer.
     pub send_buffer_bytes: usize,
+    /// Longest topic a socket may join, in bytes.
+    pub max_topic_bytes: usize,
+    /// Pushes per second (refill rate of the push bucket).
+    pub push_rate: u32,
+    /// Size of the push bucket.
+    pub push_burst: u32,
     /// Whether a bridge shares publishes with other nodes (then a push made while it is down
     /// is answered with an error, though local subscribers got it).
     pub bridged: bool,
+    /// The backend's largest message (PostgreSQL: 7999 bytes of envelope), if it has one: a
+    /// push over it is refused whole (delivered nowhere) with an error reply naming the limit.
+    pub upstream_limit: Option<MessageLimit>,
 }
 
 /// Tells a session to close its socket with `code` and `reason`.
@@ -78,23 +97,40 @@ pub struct WsSession {
     queued: QueuedBytes,
     limits: Arc<SessionLimits>,
     metrics: Arc<Metrics>,
+    security: Arc<Security>,
+    identity: Identity,
+    pushes: TokenBucket,
+    /// Held for the session's life: its place under the node's connection limit.
+    _slot: ConnectionSlot,
     last_frame: Instant,
     /// A fragmented text message being reassembled.
     fragments: Option<Vec<u8>>,
 }
 
 impl WsSession {
-    /// A session that will register with `hub`.
+    /// A session that will register with `hub`, for the socket of `identity`.
     #[must_use]
-    pub fn new(hub: Addr<Hub>, limits: Arc<SessionLimits>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        hub: Addr<Hub>,
+        limits: Arc<SessionLimits>,
+        metrics: Arc<Metrics>,
+        security: Arc<Security>,
+        identity: Identity,
+        slot: ConnectionSlot,
+    ) -> Self {
+        let now = Instant::now();
         Self {
             id: None,
             hub,
             joined: HashMap::new(),
             queued: QueuedBytes::default(),
+            pushes: TokenBucket::new(limits.push_rate, limits.push_burst, now),
             limits,
             metrics,
-            last_frame: Instant::now(),
+            security,
+            identity,
+            _slot: slot,
+            last_frame: now,
             fragments: None,
         }
     }
@@ -167,7 +203,17 @@ impl WsSession {
                 }
             }
             Request::Push { event, payload } => {
-                if self.check_membership(&frame, ctx) {
+                if self.check_membership(&frame, ctx) && self.may_push(&frame, ctx) {
+                    if let Some(Err(too_large)) = self
+                        .limits
+                        .upstream_limit
+                        .map(|limit| limit.check(event, payload))
+                    {
+                        metrics::add(&self.metrics.protocol_errors, 1);
+                        let reason = too_large.to_string();
+                        self.reply(ctx, &frame, &Reply::Error { reason: &reason });
+                        return;
+                    }
                     let publish = Publish {
                         topic: frame.topic.clone(),
                         event: event.clone(),
@@ -236,7 +282,70 @@ impl WsSession {
         }
     }
 
+    /// Whether this socket may push to the frame's topic now (channel rules, then the rate
+    /// limit); answers the refusal itself.
+    fn may_push(&mut self, frame: &ClientFrame, ctx: &mut SocketContext) -> bool {
+        let user = self.identity.user.as_deref();
+        if !self.security.rules().may_push(&frame.topic, user) {
+            metrics::add(&self.metrics.unauthorized, 1);
+            self.reply(
+                ctx,
+                frame,
+                &Reply::Error {
+                    reason: UNAUTHORIZED,
+                },
+            );
+            return false;
+        }
+        if !self.pushes.try_take(Instant::now()) {
+            metrics::add(&self.metrics.rate_limited, 1);
+            self.reply(
+                ctx,
+                frame,
+                &Reply::Error {
+                    reason: RATE_LIMITED,
+                },
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Whether this socket may join the frame's topic (length limit, then channel rules);
+    /// answers the refusal itself.
+    fn may_join(&self, frame: &ClientFrame, ctx: &mut SocketContext) -> bool {
+        let len = frame.topic.as_str().len();
+        if len > self.limits.max_topic_bytes {
+            metrics::add(&self.metrics.protocol_errors, 1);
+            let reason = format!(
+                "invalid topic: topic is {len} bytes long; the limit is {} bytes",
+                self.limits.max_topic_bytes
+            );
+            self.reply(ctx, frame, &Reply::Error { reason: &reason });
+            return false;
+        }
+        if !self
+            .security
+            .rules()
+            .may_join(&frame.topic, self.identity.user.as_deref())
+        {
+            metrics::add(&self.metrics.unauthorized, 1);
+            self.reply(
+                ctx,
+                frame,
+                &Reply::Error {
+                    reason: UNAUTHORIZED,
+                },
+            );
+            return false;
+        }
+        true
+    }
+
     fn join(&mut self, frame: ClientFrame, ctx: &mut SocketContext) {
+        if !self.may_join(&frame, ctx) {
+            return;
+        }
         if let Some(old_join_ref) = self.joined.get_mut(&frame.topic) {
             // A second join closes the old membership first, then succeeds.
             let close = encode_close(old_join_ref.as_deref(), frame.topic.as_str());

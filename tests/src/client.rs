@@ -116,9 +116,35 @@ impl Client {
         })
     }
 
-    async fn handshake(url: &str, stream: TcpStream) -> Result<Self, tungstenite::Error> {
+    /// Connects sending extra handshake headers (e.g. `Origin`), returning the handshake
+    /// error (for example the server's HTTP response when it refuses the upgrade).
+    ///
+    /// # Errors
+    /// When the URL or a header is invalid, the connection fails or the handshake is refused.
+    pub async fn try_connect_with_headers(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, tungstenite::Error> {
+        use tungstenite::client::IntoClientRequest as _;
+        use tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
+            request.headers_mut().insert(name, value);
+        }
+        let stream = TcpStream::connect(socket_addr(url)?).await?;
+        Self::handshake(request, stream).await
+    }
+
+    async fn handshake(
+        request: impl tungstenite::client::IntoClientRequest + Unpin,
+        stream: TcpStream,
+    ) -> Result<Self, tungstenite::Error> {
         stream.set_nodelay(true)?;
-        let (ws, _response) = tokio_tungstenite::client_async(url, stream).await?;
+        let (ws, _response) = tokio_tungstenite::client_async(request, stream).await?;
         Ok(Self {
             ws,
             next_ref: 0,

@@ -16,6 +16,9 @@
 //!   `/readyz`, `/metrics` and deliberately malformed upgrade requests.
 //! - [`redis`]: a private `redis-server` on a free port (kill -9, restart on the same port)
 //!   and helpers to read its pub/sub state, for the Redis bridge tests.
+//! - [`postgres`]: a private PostgreSQL cluster (initdb'ed once, copied per test, run as the
+//!   `postgres` user on a free port; immediate stop and start on the same port), an
+//!   application's connection, LISTEN, and [`postgres::wait_delivery`] to know a node listens.
 //! - [`rng`]: a small seeded generator, so randomised plans are reproducible.
 //! - `src/bin/crossnode.rs`: measures cross-node latency and bridge throughput next to
 //!   `redis-benchmark` (not a test; run it by hand).
@@ -30,6 +33,7 @@ pub mod client;
 pub mod frame;
 pub mod http;
 pub mod node;
+pub mod postgres;
 pub mod redis;
 pub mod rng;
 

@@ -38,6 +38,14 @@ pub const CONFIG_ENV_VARS: &[&str] = &[
     "PUBSUB_BACKEND",
     "REDIS_URL",
     "CHANNEL_PREFIX",
+    "DATABASE_URL",
+    "TOKEN_SECRET",
+    "API_KEY",
+    "ALLOWED_ORIGINS",
+    "MAX_CONNECTIONS",
+    "MAX_TOPIC_BYTES",
+    "PUSH_RATE",
+    "PUSH_BURST",
 ];
 
 /// How a terminated node ended.

@@ -344,7 +344,17 @@ async fn a_slow_consumer_is_cut_off_with_3008_while_others_get_everything_and_me
     // fast readers' queues stay within half the send budget.
     const WINDOW: u64 = 32;
 
-    let node = Node::start(&["--send-buffer-bytes", "262144", "--idle-timeout", "10m"]);
+    // The publisher floods from one socket: lift the per-socket push rate limit.
+    let node = Node::start(&[
+        "--send-buffer-bytes",
+        "262144",
+        "--idle-timeout",
+        "10m",
+        "--push-rate",
+        "1000000",
+        "--push-burst",
+        "1000000",
+    ]);
     let url = node.ws_url();
     // Small receive buffer: the kernel absorbs little once it stops reading.
     let mut slow = Client::connect_with_recv_buffer(&url, 4096).await;
@@ -452,7 +462,17 @@ async fn a_consumer_that_reads_too_slowly_gets_close_3008_slow_consumer() {
     // 256 KiB budget, so only the slow reader passes it.
     const WINDOW: u64 = 32;
 
-    let node = Node::start(&["--send-buffer-bytes", "262144", "--idle-timeout", "10m"]);
+    // The publisher floods from one socket: lift the per-socket push rate limit.
+    let node = Node::start(&[
+        "--send-buffer-bytes",
+        "262144",
+        "--idle-timeout",
+        "10m",
+        "--push-rate",
+        "1000000",
+        "--push-burst",
+        "1000000",
+    ]);
     let mut sluggish = Client::connect_with_recv_buffer(&node.ws_url(), 4096).await;
     sluggish.join_ok("flood").await;
     let mut pusher = node.connect().await;

@@ -398,10 +398,12 @@ async fn read_sequences(mut client: Client, topic: &str, event: &str, total: usi
 async fn every_subscriber_on_every_node_sees_each_publishers_messages_in_order() {
     const PER_PUBLISHER: u64 = 2_000;
     let redis = RedisServer::start();
+    // The socket publisher sends as fast as it can: lift the per-socket push rate limit.
+    let unlimited = ["--push-rate", "1000000", "--push-burst", "1000000"];
     let nodes = [
-        bridged_node(&redis, &[]),
-        bridged_node(&redis, &[]),
-        bridged_node(&redis, &[]),
+        bridged_node(&redis, &unlimited),
+        bridged_node(&redis, &unlimited),
+        bridged_node(&redis, &unlimited),
     ];
     wait_bridge_up(&[&nodes[0], &nodes[1], &nodes[2]]).await;
     let topic = "room:order";

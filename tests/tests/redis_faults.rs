@@ -17,10 +17,12 @@ use switchboard_e2e::{http, Client, Node, PhxFrame, PATIENCE};
 const UPSTREAM_DOWN: &str = "upstream unavailable: delivered on this node only";
 
 /// A node sharing topics through the Redis on `port` (which need not be running), with no
-/// channel prefix whatever the caller's environment says.
+/// channel prefix whatever the caller's environment says, and a push rate limit above the
+/// steady publisher's 500 messages a second.
 fn bridged_node(port: u16) -> Node {
     let mut args = bridged_args(port);
     args.extend(["--channel-prefix".to_owned(), String::new()]);
+    args.extend(["--push-rate", "10000", "--push-burst", "10000"].map(str::to_owned));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Node::start(&args)
 }

@@ -1,7 +1,9 @@
-//! `crossnode`: measures the Redis bridge between two `switchboard` nodes.
+//! `crossnode`: measures the bridge between two `switchboard` nodes, through Redis,
+//! PostgreSQL, or both one after the other (`--backend redis|postgres|both`; default redis).
 //!
 //! A publisher socket on node A pushes messages whose payload carries a send timestamp and a
-//! sequence number; subscriber sockets on node B receive them through Redis. Two phases:
+//! sequence number; subscriber sockets on node B receive them through the backend. Two
+//! phases, run per backend:
 //!
 //! 1. **Latency** at a fixed rate (default 10,000 msg/s for 10 s, 10 subscribers on B):
 //!    publish→deliver time per delivered frame, p50/p99/p99.9/max, for node B (cross-node)
@@ -17,9 +19,12 @@
 //! `publish` test (it prints nothing), `PUBLISH` as a custom command with a payload the size
 //! of a node's envelope, unpipelined and with `-P 16` (the bridge pipelines its publishes).
 //!
-//! Without `--a`/`--b` it starts its own `redis-server` and two nodes (the `switchboard`
-//! binary next to this one, or `$SWITCHBOARD_BIN`), logging at `warn`. With `--a ADDR --b
-//! ADDR` it measures a running setup (add `--redis-port P` for the benchmark).
+//! `redis-benchmark` runs for Redis only. Without `--a`/`--b` it starts its own server
+//! (`redis-server`, or a private PostgreSQL cluster through the test harness) and two nodes
+//! (the `switchboard` binary next to this one, or `$SWITCHBOARD_BIN`), logging at `warn`,
+//! with the push rate limit raised out of the way. With `--a ADDR --b ADDR` it measures a
+//! running setup of one backend (add `--redis-port P` for the benchmark). With `both`, the
+//! last line is `{"redis": report, "postgres": report}`.
 //!
 //! Timestamps are taken from one monotonic clock in this process when each frame is
 //! written; received frames are not JSON-parsed, the two numbers are found by byte search.
@@ -41,6 +46,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use switchboard_e2e::postgres::{self, PostgresServer};
 use switchboard_e2e::redis::{self, RedisServer};
 use switchboard_e2e::{http, Node};
 use tokio::net::TcpStream;
@@ -70,6 +76,23 @@ struct Options {
     b: Option<SocketAddr>,
     redis_port: Option<u16>,
     benchmark_requests: u64,
+    backends: Vec<Backend>,
+}
+
+/// A backend to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Redis,
+    Postgres,
+}
+
+impl Backend {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Postgres => "postgres",
+        }
+    }
 }
 
 impl Default for Options {
@@ -85,6 +108,7 @@ impl Default for Options {
             b: None,
             redis_port: None,
             benchmark_requests: 200_000,
+            backends: vec![Backend::Redis],
         }
     }
 }
@@ -100,6 +124,7 @@ usage: crossnode [options]
   --benchmark-requests N      redis-benchmark -n (200000)
   --a ADDR --b ADDR           measure running nodes (host:port) instead of starting them
   --redis-port P              the running setup's Redis, for redis-benchmark
+  --backend B                 redis, postgres or both (redis)
 Without --a/--b it starts redis-server and two nodes ($SWITCHBOARD_BIN, else the
 switchboard binary next to this one).";
 
@@ -130,11 +155,22 @@ fn parse_args() -> Result<Options, String> {
             "--a" => options.a = Some(value.parse().map_err(|e| bad(&e))?),
             "--b" => options.b = Some(value.parse().map_err(|e| bad(&e))?),
             "--redis-port" => options.redis_port = Some(value.parse().map_err(|e| bad(&e))?),
+            "--backend" => {
+                options.backends = match value.as_str() {
+                    "redis" => vec![Backend::Redis],
+                    "postgres" => vec![Backend::Postgres],
+                    "both" => vec![Backend::Redis, Backend::Postgres],
+                    _ => return Err(bad(&"expected redis, postgres or both")),
+                };
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     if options.a.is_some() != options.b.is_some() {
         return Err("give both --a and --b, or neither".into());
+    }
+    if options.a.is_some() && options.backends.len() > 1 {
+        return Err("--a/--b measure one running setup: name its --backend".into());
     }
     if options.rate == 0 || options.subscribers == 0 || options.throughput_subscribers == 0 {
         return Err("rates and subscriber counts must be at least 1".into());
@@ -175,44 +211,113 @@ fn sibling_binary() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// The nodes and Redis measured; owns them when this tool started them.
+/// A server this tool started (held so that it stops when the setup is dropped).
+#[derive(Debug)]
+#[allow(dead_code)] // The PostgreSQL server is only held, never read.
+enum Server {
+    Redis(RedisServer),
+    Postgres(PostgresServer),
+}
+
+/// The nodes and server measured; owns them when this tool started them.
 struct Setup {
+    backend: Backend,
     a: SocketAddr,
     b: SocketAddr,
     redis_port: Option<u16>,
-    owned: Option<(RedisServer, Node, Node)>,
+    owned: Option<(Server, Node, Node)>,
 }
 
-async fn setup(options: &Options) -> Setup {
+async fn setup(options: &Options, backend: Backend) -> Setup {
     if let (Some(a), Some(b)) = (options.a, options.b) {
         return Setup {
+            backend,
             a,
             b,
             redis_port: options.redis_port,
             owned: None,
         };
     }
-    let server = RedisServer::start();
-    let mut args = redis::bridged_args(server.port());
-    args.extend(["--channel-prefix".to_owned(), String::new()]);
+    let (server, mut args) = match backend {
+        Backend::Redis => {
+            let server = RedisServer::start();
+            let mut args = redis::bridged_args(server.port());
+            args.extend(["--channel-prefix".to_owned(), String::new()]);
+            (Server::Redis(server), args)
+        }
+        Backend::Postgres => {
+            let server = PostgresServer::start();
+            let args = postgres::bridged_args(&server.url());
+            (Server::Postgres(server), args)
+        }
+    };
+    // The publisher pushes far above a browser's default allowance.
+    args.extend(["--push-rate", "1000000", "--push-burst", "1000000"].map(str::to_owned));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env = [("RUST_LOG", "warn")];
     let node_a = Node::start_with_env(&args, &env);
     let node_b = Node::start_with_env(&args, &env);
     redis::wait_bridge_up(&[&node_a, &node_b]).await;
+    let redis_port = match &server {
+        Server::Redis(server) => Some(server.port()),
+        Server::Postgres(_) => None,
+    };
     Setup {
+        backend,
         a: node_a.addr(),
         b: node_b.addr(),
-        redis_port: Some(server.port()),
+        redis_port,
         owned: Some((server, node_a, node_b)),
     }
 }
 
 async fn run(options: Options) {
-    let setup = setup(&options).await;
+    let mut reports = serde_json::Map::new();
+    for backend in options.backends.clone() {
+        let report = run_one(&options, backend).await;
+        reports.insert(backend.name().to_owned(), report);
+    }
+    if reports.len() > 1 {
+        print_comparison(&reports);
+        println!("{}", Value::Object(reports));
+    } else if let Some((_, report)) = reports.into_iter().next() {
+        println!("{report}");
+    }
+}
+
+/// Cross-node latency and throughput per backend, side by side.
+fn print_comparison(reports: &serde_json::Map<String, Value>) {
+    let fmt = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |x| format!("{x:.0}"))
+    };
+    println!("cross-node, side by side:");
+    println!(
+        "  {:<10} {:>10} {:>10} {:>10} {:>10} {:>16} {:>9}",
+        "backend", "p50 µs", "p99 µs", "p99.9 µs", "missing", "throughput msg/s", "disorder"
+    );
+    for (name, report) in reports {
+        let cross = &report["latency"]["cross_node"];
+        println!(
+            "  {name:<10} {:>10} {:>10} {:>10} {:>10} {:>16} {:>9}",
+            fmt(&cross["latency_us"]["p50"]),
+            fmt(&cross["latency_us"]["p99"]),
+            fmt(&cross["latency_us"]["p99_9"]),
+            cross["missing"],
+            fmt(&report["throughput"]["delivered_msgs_per_s_per_subscriber"]),
+            cross["disorder"],
+        );
+    }
+    println!();
+}
+
+async fn run_one(options: &Options, backend: Backend) -> Value {
+    let options = options.clone();
+    let setup = setup(&options, backend).await;
     let binary = std::env::var("SWITCHBOARD_BIN").unwrap_or_else(|_| "(running)".into());
     eprintln!(
-        "crossnode: node A {}, node B {}, redis port {:?}, binary {}",
+        "crossnode [{}]: node A {}, node B {}, redis port {:?}, binary {}",
+        setup.backend.name(),
         setup.a,
         setup.b,
         setup.redis_port,
@@ -234,17 +339,22 @@ async fn run(options: Options) {
     );
     let throughput = throughput_phase(&setup, &options).await;
     let lost = bridge_lost(&setup).await;
-    eprintln!("redis-benchmark ...");
     let benchmarks = setup
         .redis_port
-        .map(|port| run_benchmarks(port, options.benchmark_requests))
+        .filter(|_| setup.backend == Backend::Redis)
+        .map(|port| {
+            eprintln!("redis-benchmark ...");
+            run_benchmarks(port, options.benchmark_requests)
+        })
         .unwrap_or_default();
 
     let report = json!({
+        "backend": setup.backend.name(),
         "setup": {
             "node_a": setup.a.to_string(),
             "node_b": setup.b.to_string(),
             "redis_port": setup.redis_port,
+            "backend": setup.backend.name(),
             "started_here": setup.owned.is_some(),
             "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         },
@@ -254,8 +364,8 @@ async fn run(options: Options) {
         "redis_benchmark": benchmarks,
     });
     print_table(&options, &report);
-    println!("{report}");
     drop(setup);
+    report
 }
 
 // ---- connections ---------------------------------------------------------------------------
@@ -813,7 +923,9 @@ fn print_table(options: &Options, report: &Value) {
         options.subscribers
     );
     header();
-    row("cross-node A→Redis→B", &latency["cross_node"]);
+    let backend = report["backend"].as_str().unwrap_or("backend");
+    println!("[{backend}]");
+    row(&format!("cross-node A→{backend}→B"), &latency["cross_node"]);
     row("local on A (own copy)", &latency["local_on_a"]);
     let throughput = &report["throughput"];
     println!();
@@ -838,6 +950,9 @@ fn print_table(options: &Options, report: &Value) {
     println!();
     println!("bridge_lost_total: {}", report["bridge_lost_total"]);
     println!();
+    if backend != "redis" {
+        return;
+    }
     println!("redis-benchmark (same Redis):");
     if let Some(runs) = report["redis_benchmark"].as_object() {
         for (name, run) in runs {
