@@ -18,16 +18,16 @@ use tracing::debug;
 use crate::connections::ConnectionSlot;
 use crate::hub::{Connect, Disconnect, Hub, Publish, Subscribe, Unsubscribe};
 use crate::metrics::{self, Metrics};
-use crate::outbox::{Deliver, Outbox, QueuedBytes};
+use crate::outbox::{Flush, FrameQueue, Outbox};
 use crate::rate_limit::TokenBucket;
 use crate::security::{Identity, Security};
 use crate::transport::{self, Item, Message, ProtocolError, SocketContext};
 use crate::upstream::MessageLimit;
 
-/// Smallest frame the mailbox is sized for: a session's mailbox holds
-/// `send_buffer_bytes / MIN_FRAME_BYTES` deliveries, so with frames of at least this size
-/// the byte budget is what binds.
-pub const MIN_FRAME_BYTES: usize = 64;
+/// Messages a session's mailbox holds: deliveries do not go through it (they wait in the
+/// session's [`FrameQueue`] and at most one [`Flush`] is outstanding), so this bounds only
+/// closes and wake-ups.
+pub const SESSION_MAILBOX_CAPACITY: usize = 16;
 
 /// Close codes and reasons the session sends.
 pub mod close {
@@ -94,7 +94,7 @@ pub struct WsSession {
     hub: Addr<Hub>,
     /// Topic → the `join_ref` of the current membership.
     joined: HashMap<Topic, Option<String>>,
-    queued: QueuedBytes,
+    queue: Arc<FrameQueue>,
     limits: Arc<SessionLimits>,
     metrics: Arc<Metrics>,
     security: Arc<Security>,
@@ -123,7 +123,7 @@ impl WsSession {
             id: None,
             hub,
             joined: HashMap::new(),
-            queued: QueuedBytes::default(),
+            queue: Arc::new(FrameQueue::new(limits.send_buffer_bytes)),
             pushes: TokenBucket::new(limits.push_rate, limits.push_burst, now),
             limits,
             metrics,
@@ -440,14 +440,10 @@ impl Actor for WsSession {
     type Context = SocketContext;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity((self.limits.send_buffer_bytes / MIN_FRAME_BYTES).max(16));
+        ctx.set_mailbox_capacity(SESSION_MAILBOX_CAPACITY);
         metrics::add(&self.metrics.connections, 1);
         let connect = Connect {
-            outbox: Outbox::new(
-                ctx.address().recipient(),
-                self.queued.clone(),
-                self.limits.send_buffer_bytes,
-            ),
+            outbox: Outbox::new(self.queue.clone(), ctx.address().recipient()),
             close: ctx.address().recipient(),
         };
         self.hub
@@ -509,12 +505,13 @@ impl StreamHandler<Result<Message, ProtocolError>> for WsSession {
     }
 }
 
-impl Handler<Deliver> for WsSession {
+impl Handler<Flush> for WsSession {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.queued.release(msg.frame.len());
-        ctx.text(msg.frame);
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        for frame in self.queue.drain() {
+            ctx.text(frame);
+        }
     }
 }
 

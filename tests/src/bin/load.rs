@@ -601,7 +601,15 @@ async fn target(options: &Options, nodes: usize) -> Target {
         };
     }
     let env = [("RUST_LOG", "warn")];
-    let extra: Vec<&str> = options.node_args.iter().map(String::as_str).collect();
+    // Publishers push as fast as the scenario asks: spawned nodes get no per-socket push
+    // limit (arguments after `--` come later and win). A node given with --url must be
+    // started with a high --push-rate for socket-publishing scenarios.
+    let node_args: Vec<String> = ["--push-rate", "1000000000", "--push-burst", "1000000000"]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .chain(options.node_args.iter().cloned())
+        .collect();
+    let extra: Vec<&str> = node_args.iter().map(String::as_str).collect();
     let binary = switchboard_e2e::node::binary_path().display().to_string();
     if nodes == 1 {
         let node = Node::start_with_env(&extra, &env);
@@ -615,7 +623,7 @@ async fn target(options: &Options, nodes: usize) -> Target {
     }
     let server = RedisServer::start();
     let mut args = redis_support::bridged_args(server.port());
-    args.extend(options.node_args.iter().cloned());
+    args.extend(node_args.iter().cloned());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = Node::start_with_env(&args, &env);
     let b = Node::start_with_env(&args, &env);
