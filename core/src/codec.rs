@@ -88,6 +88,13 @@ pub enum DecodeError {
         /// What it must be.
         expected: &'static str,
     },
+    /// An element is a JSON string that cannot be read as text: an escape of a lone UTF-16
+    /// surrogate (such as `"\ud800"`), which no UTF-8 string can hold.
+    #[error("{field} is not a valid string: it escapes a lone UTF-16 surrogate")]
+    InvalidString {
+        /// Which element.
+        field: Field,
+    },
     /// A client request's payload is not a JSON object.
     #[error("payload must be a JSON object")]
     PayloadNotObject,
@@ -116,6 +123,7 @@ impl DecodeError {
             Self::NotArray => "not_array",
             Self::WrongLength { .. } => "wrong_length",
             Self::WrongType { .. } => "wrong_type",
+            Self::InvalidString { .. } => "invalid_string",
             Self::PayloadNotObject => "payload_not_object",
             Self::InvalidTopic(_) => "invalid_topic",
             Self::EmptyEvent => "empty_event",
@@ -290,25 +298,26 @@ pub fn decode_request_addressed(text: &str, max_bytes: usize) -> Result<ClientFr
 fn optional_string(raw: &RawValue, field: Field) -> Result<Option<String>, DecodeError> {
     if raw.get() == "null" {
         Ok(None)
+    } else if raw.get().starts_with('"') {
+        required_string(raw, field).map(Some)
     } else {
-        required_string(raw, field)
-            .map(Some)
-            .map_err(|_| DecodeError::WrongType {
-                field,
-                expected: "a string or null",
-            })
+        Err(DecodeError::WrongType {
+            field,
+            expected: "a string or null",
+        })
     }
 }
 
 fn required_string(raw: &RawValue, field: Field) -> Result<String, DecodeError> {
-    let wrong_type = DecodeError::WrongType {
-        field,
-        expected: "a string",
-    };
     if !raw.get().starts_with('"') {
-        return Err(wrong_type);
+        return Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        });
     }
-    serde_json::from_str(raw.get()).map_err(|_| wrong_type)
+    // The raw value is already valid JSON, so a string that fails to read escapes a lone
+    // surrogate.
+    serde_json::from_str(raw.get()).map_err(|_| DecodeError::InvalidString { field })
 }
 
 /// Bytes of an encoded frame, shared by every send that reuses them: cloning is a reference
@@ -608,6 +617,21 @@ mod tests {
         assert!(matches!(garbage.error, DecodeError::NotJson { .. }));
         let wrong_type = decode_request_addressed(r#"[1,"2","t","e",{}]"#, MAX).unwrap_err();
         assert_eq!(wrong_type.reply_to, None);
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_named_as_such() {
+        let err = request(r#"["1","1","room:\ud800","phx_join",{}]"#).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::InvalidString {
+                field: Field::Topic
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "topic is not a valid string: it escapes a lone UTF-16 surrogate"
+        );
     }
 
     #[test]

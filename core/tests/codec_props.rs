@@ -284,6 +284,7 @@ fn check_decoded(text: &str, max: usize) -> Result<(), TestCaseError> {
                     | DecodeError::NotArray
                     | DecodeError::WrongLength { .. }
                     | DecodeError::WrongType { .. }
+                    | DecodeError::InvalidString { .. }
             );
             prop_assert_eq!(rejected.reply_to.is_none(), structural, "{:?}", rejected);
             if let (Some(to), Ok(frame)) = (&rejected.reply_to, &frame) {

@@ -68,6 +68,8 @@ pub struct Link<C> {
     generation: u64,
     backoff: Duration,
     connected_before: bool,
+    /// Whether the current outage has been reported; retries after that are not news.
+    outage_reported: bool,
 }
 
 /// What [`Link::connected`] obliges the bridge to do.
@@ -84,8 +86,8 @@ pub struct Connected {
 #[derive(Debug, PartialEq, Eq)]
 #[must_use]
 pub struct Lost {
-    /// Whether this is news worth a warning (the link was up, or it never came up yet)
-    /// rather than one more failed retry.
+    /// Whether this is news worth a warning (the first failure of an outage, including the
+    /// first attempt of a node that starts without its backend) rather than one more retry.
     pub notable: bool,
     /// Try to connect again after this long.
     pub retry_in: Duration,
@@ -98,6 +100,7 @@ impl<C> Default for Link<C> {
             generation: 0,
             backoff: MIN_BACKOFF,
             connected_before: false,
+            outage_reported: false,
         }
     }
 }
@@ -136,6 +139,7 @@ impl<C> Link<C> {
         };
         let reconnect = self.connected_before;
         self.connected_before = true;
+        self.outage_reported = false;
         self.backoff = MIN_BACKOFF;
         Some(Connected { pending, reconnect })
     }
@@ -145,15 +149,13 @@ impl<C> Link<C> {
         if generation != self.generation || matches!(self.state, State::Down) {
             return None;
         }
-        let was_up = matches!(self.state, State::Up(_));
         self.state = State::Down;
         self.generation += 1;
         let retry_in = self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        Some(Lost {
-            notable: was_up || !self.connected_before,
-            retry_in,
-        })
+        let notable = !self.outage_reported;
+        self.outage_reported = true;
+        Some(Lost { notable, retry_in })
     }
 
     /// An edge from the hub: `Some` when it must be applied now (the link is up).

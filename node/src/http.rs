@@ -10,7 +10,7 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_core::{events, Payload, Topic};
+use switchboard_core::{Payload, Topic};
 use tracing::debug;
 
 use crate::connections::ConnectionSlots;
@@ -52,6 +52,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/socket/websocket", web::get().to(socket))
         .route("/api/publish", web::post().to(publish))
+        .route("/api/publish", web::route().to(method_not_allowed))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
@@ -65,10 +66,29 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Htt
     }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The socket's query parameters. Parsed leniently, as phoenix.js clients expect: unknown
+/// or malformed parameters are ignored and the first `vsn` and `token` win.
+#[derive(Debug, Default)]
 struct SocketQuery {
     vsn: Option<String>,
     token: Option<String>,
+}
+
+impl SocketQuery {
+    fn parse(query: &str) -> Self {
+        let mut parsed = Self::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match key.as_ref() {
+                "vsn" => &mut parsed.vsn,
+                "token" => &mut parsed.token,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value.into_owned());
+            }
+        }
+        parsed
+    }
 }
 
 async fn socket(
@@ -76,12 +96,7 @@ async fn socket(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let query = web::Query::<SocketQuery>::from_query(req.query_string())
-        .map(web::Query::into_inner)
-        .unwrap_or(SocketQuery {
-            vsn: None,
-            token: None,
-        });
+    let query = SocketQuery::parse(req.query_string());
     match query.vsn.as_deref() {
         Some(PROTOCOL_VSN) => {}
         Some(other) => {
@@ -189,6 +204,21 @@ async fn publish(
                 "message": "publishing needs the API key as `Authorization: Bearer <key>`",
             }}));
     }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.max_publish_bytes as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the body is over the limit of {} bytes",
+                state.max_publish_bytes
+            ),
+        );
+    }
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
         let Ok(chunk) = chunk else {
@@ -271,7 +301,7 @@ fn parse_publish(bytes: &[u8]) -> Result<Publish, (&'static str, String)> {
     if event.is_empty() {
         return Err(("invalid_event", "event is empty".into()));
     }
-    if event.starts_with("phx_") || event == events::HEARTBEAT {
+    if event.starts_with("phx_") {
         return Err((
             "invalid_event",
             format!("event {event:?} is reserved by the protocol"),
@@ -282,6 +312,15 @@ fn parse_publish(bytes: &[u8]) -> Result<Publish, (&'static str, String)> {
         event,
         payload: Payload::from_raw_value(body.payload),
     })
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, "POST"))
+        .json(json!({"error": {
+            "code": "method_not_allowed",
+            "message": "publish with POST /api/publish",
+        }}))
 }
 
 async fn healthz() -> HttpResponse {
@@ -298,7 +337,8 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     };
     if state.shutting_down.load(Ordering::Relaxed) {
         HttpResponse::ServiceUnavailable().json(json!({
-            "status": "not_ready", "reason": "shutting down", "backend": backend, "bridge": bridge
+            "status": "not_ready", "reason": "shutting down", "backend": backend, "bridge": bridge,
+            "auth": auth_mode(&state.security),
         }))
     } else if bridge == "down" {
         HttpResponse::ServiceUnavailable().json(json!({
@@ -306,6 +346,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "reason": format!("the {backend} bridge is down; delivering on this node only, reconnecting"),
             "backend": backend,
             "bridge": bridge,
+            "auth": auth_mode(&state.security),
         }))
     } else {
         HttpResponse::Ok().json(json!({
@@ -351,6 +392,14 @@ mod tests {
 
     fn code(body: &str) -> &'static str {
         parse_publish(body.as_bytes()).unwrap_err().0
+    }
+
+    #[test]
+    fn socket_query_is_lenient_and_first_wins() {
+        let query = SocketQuery::parse("vsn=2.0.0&%zz=%&vsn=1.0.0&token=a%2Bb");
+        assert_eq!(query.vsn.as_deref(), Some("2.0.0"));
+        assert_eq!(query.token.as_deref(), Some("a+b"));
+        assert_eq!(SocketQuery::parse("").vsn, None);
     }
 
     #[test]

@@ -17,10 +17,26 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     actix_web::rt::System::new().block_on(server::run(config))
+}
+
+/// Standard error for logs, ignoring write failures: a log reader that goes away (`| head`,
+/// a restarted log shipper) must not crash the node or stop it from shutting down.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// `switchboard token --sub ID --ttl 1h`: prints a connect token on standard output.

@@ -35,6 +35,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let backend = config.backend()?;
     let security = Security::from_config(&config).map_err(anyhow::Error::msg)?;
+    if backend == Backend::Memory && (config.redis_url.is_some() || config.database_url.is_some()) {
+        warn!("PUBSUB_BACKEND=memory: the configured Redis/database URL is ignored; this node delivers to its own sockets only");
+    }
     if security.requires_token() {
         info!("sockets need a token; channel rules enforced");
     } else {
@@ -96,8 +99,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
-        info!("shutting down");
         shutting_down.store(true, Ordering::Relaxed);
+        info!("shutting down");
         drain(&hub, &metrics, config.shutdown_timeout).await;
         handle.stop(true).await;
     });
