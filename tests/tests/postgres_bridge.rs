@@ -1,4 +1,4 @@
-//! Several nodes as one system through PostgreSQL LISTEN/NOTIFY (issue 7): every publish
+//! Several nodes as one system through PostgreSQL LISTEN/NOTIFY: every publish
 //! reaches every subscriber on every node exactly once with its event name; applications
 //! publish with `pg_notify` (raw or enveloped), inside their transactions (delivered only if
 //! they commit); a message too large for NOTIFY is refused whole with a clear error; topics
