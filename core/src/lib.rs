@@ -1,8 +1,10 @@
-//! The pure core of Switchboard: the topic registry and the Phoenix Channels V2 JSON codec.
+//! The pure core of Switchboard: the topic registry, the Phoenix Channels V2 JSON codec, the
+//! protocol engine of one client connection, and the bridge to a shared backend.
 //!
 //! Nothing here does I/O, reads a clock, takes a lock or draws randomness for ids: inputs in,
-//! outcomes out. The node's hub actor and the wasm bindings drive it, and act on every
-//! outcome (see [`Registry`] for the driving contract).
+//! outcomes out, time passed in as [`Time`]. The node's actors and the wasm bindings drive
+//! these state machines and act on every outcome (each type's documentation gives its driving
+//! contract).
 //!
 //! # Layout
 //! - [`topic`]: [`Topic`], a validated topic name with its namespace, and [`TopicError`].
@@ -15,17 +17,26 @@
 //!   replies, `phx_close` and broadcasts (encoded once into a shared [`SharedFrame`]).
 //! - [`rules`]: [`ChannelRules`], who may join and push per namespace ([`Rule`]: anyone,
 //!   authenticated, owner, nobody).
+//! - [`connection`]: [`Connection`](connection::Connection), the protocol of one client socket
+//!   (joins, leaves, pushes, heartbeats, replies, close codes) as a sans-IO state machine.
+//! - [`bridge`]: [`Bridge`](bridge::Bridge), the link to a shared backend (subscriptions,
+//!   confirmations, publishes, liveness, reconnects) as a sans-IO state machine.
+//! - [`time`]: [`Time`], the time the drivers pass in; [`rate`]: [`TokenBucket`].
 //! - `model` (feature `model`): a plain reference model and op-sequence checker shared by
 //!   property tests, fuzz targets and the wasm tests.
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod codec;
+pub mod connection;
 pub mod frame;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
+pub mod rate;
 pub mod registry;
 pub mod rules;
 pub mod session;
+pub mod time;
 pub mod topic;
 
 pub use codec::{
@@ -34,10 +45,12 @@ pub use codec::{
     DEFAULT_MAX_FRAME_BYTES,
 };
 pub use frame::{events, ClientFrame, Frame, Payload, Reply, Request, HEARTBEAT_TOPIC};
+pub use rate::TokenBucket;
 pub use registry::{
     Emptied, Registry, SubscribeError, Subscribed, Subscribers, Unsubscribed,
     DEFAULT_MAX_TOPICS_PER_SESSION,
 };
 pub use rules::{Access, ChannelRules, Rule, UnknownRule};
 pub use session::SessionId;
+pub use time::Time;
 pub use topic::{Topic, TopicError, MAX_TOPIC_BYTES};

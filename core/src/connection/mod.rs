@@ -1,0 +1,537 @@
+//! The Phoenix Channels V2 protocol of one client connection, as a sans-IO state machine.
+//!
+//! A [`Connection`] holds everything the protocol remembers about one socket (which topics it
+//! joined and with which `join_ref`, joins still waiting for the server, its rate limits, when
+//! it last spoke) and decides every answer: replies, `phx_close`, error reasons, close codes,
+//! and their order. It does no I/O and reads no clock. The node's session actor and the
+//! WebAssembly fake server are thin shells around it, so both answer every frame the same way.
+//!
+//! # Driving a [`Connection`]
+//!
+//! 1. Create one per socket with [`Connection::new`] once the socket is accepted (its user,
+//!    if any, already authenticated).
+//! 2. Feed it what the socket receives: [`handle_text`](Connection::handle_text) for each text
+//!    message, [`handle_binary`](Connection::handle_binary),
+//!    [`handle_oversized`](Connection::handle_oversized) and
+//!    [`handle_protocol_error`](Connection::handle_protocol_error) for what the transport
+//!    refused, [`touch`](Connection::touch) for pings and pongs.
+//! 3. After every input, drain [`poll`](Connection::poll) and perform each [`Output`] in
+//!    order. [`Output::Join`] and [`Output::Publish`] (with an ack) must be answered, later,
+//!    with [`handle_join_answer`](Connection::handle_join_answer) and
+//!    [`handle_publish_answer`](Connection::handle_publish_answer); drain `poll` after those
+//!    too.
+//! 4. Call [`handle_tick`](Connection::handle_tick) at [`poll_timeout`](Connection::poll_timeout)
+//!    (or any time after); it closes an idle socket.
+//! 5. After [`Output::Close`] the connection is finished: close the socket, undo its
+//!    subscriptions, and drop it. A server that closes a socket itself (a slow consumer,
+//!    shutdown) calls [`close`](Connection::close) to get the same output.
+//!
+//! Broadcasts never pass through here: the server writes them to the socket directly, encoded
+//! once for every subscriber.
+//!
+//! # Order
+//!
+//! Frames are answered in the order they arrive, with one exception that keeps a slow join
+//! from stalling the socket: while a join waits for the server ([`Output::Join`] not yet
+//! answered), frames about *that* topic wait inside the connection (at most
+//! [`MAX_WAITING_FRAMES`] in all) and are handled, in order, right after the join's answer.
+//! Frames about other topics and heartbeats go on meanwhile.
+
+mod io;
+mod limits;
+pub mod reasons;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+pub use io::{JoinAnswer, JoinId, JoinRefusal, Output, PublishAnswer, PushAck, Reach, Refusal};
+pub use limits::Limits;
+
+use crate::codec::{decode_request_addressed, encode_close, encode_reply, Rejected};
+use crate::frame::{ClientFrame, Payload, Reply, Request};
+use crate::rate::TokenBucket;
+use crate::{ChannelRules, Time, Topic};
+
+/// Most frames that may wait for pending joins at once; one more is refused with
+/// [`reasons::TOO_MANY_WAITING`].
+pub const MAX_WAITING_FRAMES: usize = 64;
+
+/// The response of a join that reaches this node only (the bridge is down).
+const LOCAL_ONLY_RESPONSE: &str = r#"{"upstream":"unavailable"}"#;
+
+/// A topic's membership, as this connection sees it.
+#[derive(Debug)]
+enum Membership {
+    /// The join was handed to the driver and is not answered yet.
+    Joining {
+        join: JoinId,
+        join_ref: Option<String>,
+        msg_ref: Option<String>,
+        /// Frames about this topic that arrived meanwhile, in order.
+        waiting: VecDeque<ClientFrame>,
+    },
+    /// Joined; requests must carry this `join_ref` (or none).
+    Joined { join_ref: Option<String> },
+}
+
+/// One client connection (see the module documentation for the driving contract).
+#[derive(Debug)]
+pub struct Connection {
+    limits: Arc<Limits>,
+    rules: Arc<ChannelRules>,
+    user: Option<String>,
+    memberships: HashMap<Topic, Membership>,
+    waiting: usize,
+    pushes: TokenBucket,
+    joins: TokenBucket,
+    last_input: Time,
+    next_join: u64,
+    outputs: VecDeque<Output>,
+    closed: bool,
+}
+
+impl Connection {
+    /// A new connection at `now`, for `user` (the token's `sub`; `None` on an open server or
+    /// for a socket without a token), applying `limits` and `rules`.
+    #[must_use]
+    pub fn new(
+        limits: Arc<Limits>,
+        rules: Arc<ChannelRules>,
+        user: Option<String>,
+        now: Time,
+    ) -> Self {
+        Self {
+            pushes: TokenBucket::new(limits.push_rate, limits.push_burst, now),
+            joins: TokenBucket::new(limits.join_rate, limits.join_burst, now),
+            limits,
+            rules,
+            user,
+            memberships: HashMap::new(),
+            waiting: 0,
+            last_input: now,
+            next_join: 0,
+            outputs: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// The next thing to do, oldest first; `None` when there is nothing.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_tick`](Self::handle_tick) should run next; `None` once closed.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        (!self.closed).then(|| self.last_input + self.limits.idle_timeout)
+    }
+
+    /// Whether the connection has closed (an [`Output::Close`] was issued).
+    #[must_use]
+    pub const fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The limits this connection applies.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The user this connection belongs to.
+    #[must_use]
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Topics joined (answered ok), in no particular order.
+    pub fn joined(&self) -> impl Iterator<Item = &Topic> + '_ {
+        self.memberships
+            .iter()
+            .filter(|(_, membership)| matches!(membership, Membership::Joined { .. }))
+            .map(|(topic, _)| topic)
+    }
+
+    /// Topics whose join waits for the driver's answer.
+    pub fn joining(&self) -> impl Iterator<Item = &Topic> + '_ {
+        self.memberships
+            .iter()
+            .filter(|(_, membership)| matches!(membership, Membership::Joining { .. }))
+            .map(|(topic, _)| topic)
+    }
+
+    /// A text message arrived at `now`.
+    pub fn handle_text(&mut self, text: &str, now: Time) {
+        if self.closed {
+            return;
+        }
+        self.last_input = self.last_input.max(now);
+        match decode_request_addressed(text, self.limits.max_frame_bytes) {
+            Ok(frame) => self.handle_frame(frame, now),
+            Err(Rejected {
+                error,
+                reply_to: Some(to),
+            }) => {
+                self.refused(Refusal::Protocol);
+                let reason = error.to_string();
+                self.send(encode_reply(
+                    to.join_ref.as_deref(),
+                    to.msg_ref.as_deref(),
+                    &to.topic,
+                    &Reply::Error { reason: &reason },
+                ));
+            }
+            Err(Rejected {
+                error,
+                reply_to: None,
+            }) => {
+                self.refused(Refusal::Protocol);
+                self.close(reasons::close::NOT_A_FRAME, &error.to_string());
+            }
+        }
+    }
+
+    /// A text message arrived as bytes (reassembled from fragments): checked for UTF-8, then
+    /// as [`handle_text`](Self::handle_text).
+    pub fn handle_text_bytes(&mut self, bytes: &[u8], now: Time) {
+        if self.closed {
+            return;
+        }
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            self.handle_text(text, now);
+        } else {
+            self.last_input = self.last_input.max(now);
+            self.refused(Refusal::Protocol);
+            self.close(reasons::close::NOT_A_FRAME, "frame is not valid UTF-8");
+        }
+    }
+
+    /// A binary message arrived: only the JSON serializer is spoken.
+    pub fn handle_binary(&mut self, now: Time) {
+        self.transport_refusal(reasons::close::BINARY, now);
+    }
+
+    /// A message over [`Limits::max_frame_bytes`] arrived (the transport stopped reading it).
+    pub fn handle_oversized(&mut self, now: Time) {
+        self.transport_refusal(reasons::close::TOO_LARGE, now);
+    }
+
+    /// The transport saw a WebSocket protocol violation.
+    pub fn handle_protocol_error(&mut self, now: Time) {
+        self.transport_refusal(reasons::close::PROTOCOL, now);
+    }
+
+    /// The client showed it is alive without a text message (a ping or pong).
+    pub fn touch(&mut self, now: Time) {
+        self.last_input = self.last_input.max(now);
+    }
+
+    /// Time passed: closes the socket when it has been idle for [`Limits::idle_timeout`].
+    pub fn handle_tick(&mut self, now: Time) {
+        if !self.closed
+            && now.saturating_duration_since(self.last_input) >= self.limits.idle_timeout
+        {
+            self.close(reasons::close::IDLE.0, reasons::close::IDLE.1);
+        }
+    }
+
+    /// The server closes the socket (slow consumer, shutdown).
+    pub fn close(&mut self, code: u16, reason: &str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.outputs.push_back(Output::Close {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// The driver's answer to the [`Output::Join`] with id `join` for `topic`. An answer for a
+    /// join that is no longer pending is ignored.
+    pub fn handle_join_answer(
+        &mut self,
+        topic: &Topic,
+        join: JoinId,
+        answer: JoinAnswer,
+        now: Time,
+    ) {
+        if self.closed {
+            return;
+        }
+        let pending = matches!(
+            self.memberships.get(topic),
+            Some(Membership::Joining { join: id, .. }) if *id == join
+        );
+        if !pending {
+            return;
+        }
+        let Some(Membership::Joining {
+            join_ref,
+            msg_ref,
+            waiting,
+            ..
+        }) = self.memberships.remove(topic)
+        else {
+            return;
+        };
+        self.waiting -= waiting.len();
+        match answer {
+            JoinAnswer::Joined(reach) => {
+                let reply = match reach {
+                    Reach::Everywhere => encode_reply(
+                        join_ref.as_deref(),
+                        msg_ref.as_deref(),
+                        topic.as_str(),
+                        &Reply::OkEmpty,
+                    ),
+                    Reach::LocalOnly => encode_reply(
+                        join_ref.as_deref(),
+                        msg_ref.as_deref(),
+                        topic.as_str(),
+                        &Reply::Ok(&local_only_response()),
+                    ),
+                };
+                self.memberships
+                    .insert(topic.clone(), Membership::Joined { join_ref });
+                self.send(reply);
+            }
+            JoinAnswer::Refused(refusal) => {
+                if refusal == JoinRefusal::TooManyTopics {
+                    self.refused(Refusal::Protocol);
+                }
+                let reason = refusal.to_string();
+                self.send(encode_reply(
+                    join_ref.as_deref(),
+                    msg_ref.as_deref(),
+                    topic.as_str(),
+                    &Reply::Error { reason: &reason },
+                ));
+            }
+        }
+        for frame in waiting {
+            if self.closed {
+                break;
+            }
+            self.handle_frame(frame, now);
+        }
+    }
+
+    /// The driver's answer to an [`Output::Publish`] that carried `ack`.
+    pub fn handle_publish_answer(&mut self, ack: PushAck, answer: &PublishAnswer) {
+        if self.closed {
+            return;
+        }
+        let reply = match answer {
+            PublishAnswer::Everywhere => Reply::OkEmpty,
+            PublishAnswer::LocalOnly => Reply::Error {
+                reason: reasons::UPSTREAM_DOWN,
+            },
+            PublishAnswer::Refused(reason) => {
+                self.refused(Refusal::Protocol);
+                Reply::Error { reason }
+            }
+            PublishAnswer::Overloaded => {
+                self.refused(Refusal::Protocol);
+                Reply::Error {
+                    reason: reasons::OVERLOADED,
+                }
+            }
+        };
+        self.send(encode_reply(
+            ack.join_ref.as_deref(),
+            Some(&ack.msg_ref),
+            ack.topic.as_str(),
+            &reply,
+        ));
+    }
+
+    fn handle_frame(&mut self, frame: ClientFrame, now: Time) {
+        if frame.request == Request::Heartbeat {
+            self.reply(&frame, &Reply::OkEmpty);
+            return;
+        }
+        if let Some(Membership::Joining { waiting, .. }) = self.memberships.get_mut(&frame.topic) {
+            if self.waiting < MAX_WAITING_FRAMES {
+                waiting.push_back(frame);
+                self.waiting += 1;
+            } else {
+                self.refused(Refusal::Protocol);
+                self.reply_error(&frame, reasons::TOO_MANY_WAITING);
+            }
+            return;
+        }
+        match &frame.request {
+            Request::Join { .. } => self.join(frame, now),
+            Request::Leave => self.leave(&frame, now),
+            Request::Push { event, payload } => {
+                let (event, payload) = (event.clone(), payload.clone());
+                self.push(&frame, event, payload, now);
+            }
+            // The codec may learn new requests; an unknown one is answered, never dropped.
+            _ => self.reply_error(&frame, reasons::UNSUPPORTED),
+        }
+    }
+
+    fn join(&mut self, frame: ClientFrame, now: Time) {
+        let len = frame.topic.as_str().len();
+        if len > self.limits.max_topic_bytes {
+            self.refused(Refusal::Protocol);
+            let reason = format!(
+                "invalid topic: topic is {len} bytes long; the limit is {} bytes",
+                self.limits.max_topic_bytes
+            );
+            self.reply_error(&frame, &reason);
+            return;
+        }
+        if !self.joins.try_take(now) {
+            self.refused(Refusal::RateLimited);
+            self.reply_error(&frame, reasons::JOIN_RATE_LIMITED);
+            return;
+        }
+        if !self.rules.may_join(&frame.topic, self.user.as_deref()) {
+            self.refused(Refusal::Unauthorized);
+            self.reply_error(&frame, reasons::UNAUTHORIZED);
+            return;
+        }
+        if let Some(Membership::Joined { join_ref }) = self.memberships.get_mut(&frame.topic) {
+            // A second join closes the old membership, then succeeds (Phoenix does the same).
+            let close = encode_close(join_ref.as_deref(), frame.topic.as_str());
+            join_ref.clone_from(&frame.join_ref);
+            self.send(close);
+            self.reply(&frame, &Reply::OkEmpty);
+            return;
+        }
+        if self.memberships.len() >= self.limits.max_topics {
+            self.refused(Refusal::Protocol);
+            self.reply_error(&frame, reasons::TOO_MANY_CHANNELS);
+            return;
+        }
+        self.next_join += 1;
+        let join = JoinId(self.next_join);
+        let topic = frame.topic.clone();
+        self.memberships.insert(
+            topic.clone(),
+            Membership::Joining {
+                join,
+                join_ref: frame.join_ref,
+                msg_ref: frame.msg_ref,
+                waiting: VecDeque::new(),
+            },
+        );
+        self.outputs.push_back(Output::Join { topic, join });
+    }
+
+    fn leave(&mut self, frame: &ClientFrame, now: Time) {
+        // Leaves spend join tokens when there are any, so join/leave churn is bounded by the
+        // join rate, but a leave itself is never refused: refusing it would keep a socket
+        // subscribed that its client believes gone.
+        let _ = self.joins.try_take(now);
+        let current = match self.memberships.get(&frame.topic) {
+            Some(Membership::Joined { join_ref }) => join_ref,
+            // Not joined (or an older membership that is gone): Phoenix answers ok.
+            _ => {
+                self.reply(frame, &Reply::OkEmpty);
+                return;
+            }
+        };
+        if frame.join_ref.is_some() && *current != frame.join_ref {
+            // A leave of a membership a later join replaced: it is gone already.
+            self.reply(frame, &Reply::OkEmpty);
+            return;
+        }
+        let join_ref = current.clone();
+        self.memberships.remove(&frame.topic);
+        self.outputs.push_back(Output::Leave {
+            topic: frame.topic.clone(),
+        });
+        self.reply(frame, &Reply::OkEmpty);
+        self.send(encode_close(join_ref.as_deref(), frame.topic.as_str()));
+    }
+
+    fn push(&mut self, frame: &ClientFrame, event: String, payload: Payload, now: Time) {
+        let current = match self.memberships.get(&frame.topic) {
+            Some(Membership::Joined { join_ref }) => join_ref,
+            _ => {
+                self.refused(Refusal::Protocol);
+                self.reply_unaddressed(frame, reasons::UNMATCHED_TOPIC);
+                return;
+            }
+        };
+        if frame.join_ref.is_some() && *current != frame.join_ref {
+            self.refused(Refusal::Protocol);
+            self.reply_unaddressed(frame, reasons::STALE_JOIN_REF);
+            return;
+        }
+        if !self.rules.may_push(&frame.topic, self.user.as_deref()) {
+            self.refused(Refusal::Unauthorized);
+            self.reply_error(frame, reasons::UNAUTHORIZED);
+            return;
+        }
+        if !self.pushes.try_take(now) {
+            self.refused(Refusal::RateLimited);
+            self.reply_error(frame, reasons::RATE_LIMITED);
+            return;
+        }
+        let ack = frame.msg_ref.clone().map(|msg_ref| PushAck {
+            join_ref: frame.join_ref.clone(),
+            msg_ref,
+            topic: frame.topic.clone(),
+        });
+        self.outputs.push_back(Output::Publish {
+            topic: frame.topic.clone(),
+            event,
+            payload,
+            ack,
+        });
+    }
+
+    fn transport_refusal(&mut self, (code, reason): (u16, &str), now: Time) {
+        if self.closed {
+            return;
+        }
+        self.last_input = self.last_input.max(now);
+        self.refused(Refusal::Protocol);
+        self.close(code, reason);
+    }
+
+    fn send(&mut self, text: String) {
+        self.outputs.push_back(Output::Send(text));
+    }
+
+    fn refused(&mut self, refusal: Refusal) {
+        self.outputs.push_back(Output::Refused(refusal));
+    }
+
+    fn reply(&mut self, frame: &ClientFrame, reply: &Reply<'_>) {
+        self.send(encode_reply(
+            frame.join_ref.as_deref(),
+            frame.msg_ref.as_deref(),
+            frame.topic.as_str(),
+            reply,
+        ));
+    }
+
+    fn reply_error(&mut self, frame: &ClientFrame, reason: &str) {
+        self.reply(frame, &Reply::Error { reason });
+    }
+
+    /// An error reply that names no membership (`join_ref` null), as Phoenix answers requests
+    /// it cannot route: phoenix.js matches it to the push by its ref alone.
+    fn reply_unaddressed(&mut self, frame: &ClientFrame, reason: &str) {
+        self.send(encode_reply(
+            None,
+            frame.msg_ref.as_deref(),
+            frame.topic.as_str(),
+            &Reply::Error { reason },
+        ));
+    }
+}
+
+fn local_only_response() -> Payload {
+    // unwrap: the constant is valid JSON (a unit test parses it).
+    Payload::from_json(LOCAL_ONLY_RESPONSE).expect("valid JSON constant")
+}
+
+#[cfg(test)]
+mod tests;
