@@ -8,7 +8,9 @@
 //! (or directly when the tests do not run as root). A test can
 //! [stop it immediately](PostgresServer::stop_immediate) (`pg_ctl stop -m immediate`: every
 //! backend dies at once, clients see their connections drop), [start](PostgresServer::start_again)
-//! it again on the same port, or [restart](PostgresServer::restart) it; talk to it as an
+//! it again on the same port, or [restart](PostgresServer::restart) it;
+//! [freeze](PostgresServer::freeze) it (SIGSTOP to the postmaster and every process under it)
+//! and [thaw](PostgresServer::thaw) it; talk to it as an
 //! application does with [`PostgresServer::client`] (tokio-postgres), and LISTEN with a
 //! [`Listener`]. Dropping a [`PostgresServer`] stops it and removes its directory.
 //!
@@ -23,11 +25,12 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::http;
-use crate::redis::free_port;
+use crate::redis::{free_port, send_signal, wait_stopped};
 use crate::PATIENCE;
 
 /// How many free ports [`PostgresServer::start`] tries.
@@ -198,6 +201,8 @@ pub struct PostgresServer {
     dir: PathBuf,
     port: u16,
     running: bool,
+    /// The processes [`PostgresServer::freeze`] stopped, postmaster first; empty when thawed.
+    frozen: Vec<u32>,
 }
 
 impl PostgresServer {
@@ -253,6 +258,7 @@ impl PostgresServer {
             dir,
             port,
             running: false,
+            frozen: Vec::new(),
         }
     }
 
@@ -317,6 +323,8 @@ impl PostgresServer {
     }
 
     /// `pg_ctl stop -m immediate`: every backend is killed at once, no goodbye to clients.
+    /// A [frozen](Self::freeze) server is thawed first (a stopped postmaster would never
+    /// act on pg_ctl's signal), so it may run for the moment between the two.
     ///
     /// # Panics
     /// When pg_ctl fails.
@@ -324,6 +332,7 @@ impl PostgresServer {
         if !self.running {
             return;
         }
+        self.thaw();
         let output = as_postgres(
             &bin_dir().join("pg_ctl"),
             &[
@@ -364,6 +373,77 @@ impl PostgresServer {
     pub fn restart(&mut self) {
         self.stop_immediate();
         self.start_again();
+    }
+
+    /// The postmaster's process id: the first line of `<data>/postmaster.pid`, while the
+    /// server runs.
+    #[must_use]
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// SIGSTOP to the postmaster and then to every process under it (the backends serving
+    /// existing connections, the background workers): connections stay established and
+    /// nothing is answered until [`thaw`](Self::thaw). New connections still complete their
+    /// TCP handshake into the listen backlog and then wait. Returns once every one of those
+    /// processes is stopped. Nothing happens when it is already frozen.
+    ///
+    /// # Panics
+    /// When the server does not run or the postmaster cannot be signalled.
+    pub fn freeze(&mut self) {
+        if !self.frozen.is_empty() {
+            return;
+        }
+        assert!(
+            self.running,
+            "cannot freeze postgres on port {}: it does not run",
+            self.port
+        );
+        let postmaster = self.postmaster_pid().unwrap_or_else(|| {
+            panic!(
+                "cannot freeze postgres on port {}: no pid in {:?}",
+                self.port,
+                self.data().join("postmaster.pid")
+            )
+        });
+        send_signal(postmaster, Signal::SIGSTOP)
+            .unwrap_or_else(|e| panic!("cannot SIGSTOP the postmaster (pid {postmaster}): {e}"));
+        self.frozen.push(postmaster);
+        wait_stopped(postmaster);
+        // A stopped postmaster forks nothing more; a child it forked just before shows up
+        // in the next scan.
+        loop {
+            let new: Vec<u32> = descendants(postmaster)
+                .into_iter()
+                .filter(|pid| !self.frozen.contains(pid))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            for pid in new {
+                // A backend may exit between the scan and the signal.
+                if send_signal(pid, Signal::SIGSTOP).is_ok() {
+                    self.frozen.push(pid);
+                    wait_stopped(pid);
+                }
+            }
+        }
+    }
+
+    /// SIGCONT to every process [`freeze`](Self::freeze) stopped (the postmaster last): the
+    /// server answers what waited meanwhile. Nothing happens when it is not frozen.
+    pub fn thaw(&mut self) {
+        for pid in self.frozen.drain(..).rev() {
+            // A process that is gone needs no waking.
+            let _ = send_signal(pid, Signal::SIGCONT);
+        }
+    }
+
+    /// Whether the server is [frozen](Self::freeze).
+    #[must_use]
+    pub fn is_frozen(&self) -> bool {
+        !self.frozen.is_empty()
     }
 
     /// The last `n` lines of the server log.
@@ -460,6 +540,8 @@ impl Drop for PostgresServer {
                 );
             }
         }
+        // A stopped postmaster would leave `pg_ctl stop` waiting for its full timeout.
+        self.thaw();
         if self.running {
             let _ = as_postgres(
                 &bin_dir().join("pg_ctl"),
@@ -475,6 +557,41 @@ impl Drop for PostgresServer {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Every process under `root` (children, their children, ...), from the parent ids in
+/// `/proc/<pid>/stat`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(ppid) = parent_pid(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        for &child in children.get(&pid).into_iter().flatten() {
+            found.push(child);
+            next.push(child);
+        }
+    }
+    found
+}
+
+/// The parent id in `/proc/<pid>/stat`, or `None` when the process is gone.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; it ends at the last `)`.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `postgres://postgres@127.0.0.1:PORT/postgres`.

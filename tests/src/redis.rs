@@ -3,7 +3,8 @@
 //! [`RedisServer::start`] finds a free loopback port and starts
 //! `redis-server --port P --bind 127.0.0.1 --save '' --appendonly no` as a child process,
 //! then waits until it answers `PING`. A test can [`kill -9`](RedisServer::kill9) it and
-//! [`restart`](RedisServer::restart) it on the same port, talk to it like `redis-cli` does
+//! [`restart`](RedisServer::restart) it on the same port, [freeze](RedisServer::freeze) it
+//! (SIGSTOP) and [thaw](RedisServer::thaw) it (SIGCONT), talk to it like `redis-cli` does
 //! ([`RedisServer::cli`], through the `redis` crate) and listen to channels with a
 //! [`Subscriber`]. Dropping a [`RedisServer`] kills the process.
 //!
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use redis::{FromRedisValue, ToRedisArgs, Value};
 
 use crate::http::{self, HttpResponse};
@@ -71,6 +73,7 @@ pub struct RedisServer {
     port: u16,
     log: Lines,
     starts: usize,
+    frozen: bool,
 }
 
 impl RedisServer {
@@ -111,6 +114,7 @@ impl RedisServer {
             port,
             log: Arc::default(),
             starts: 0,
+            frozen: false,
         }
     }
 
@@ -205,11 +209,59 @@ impl RedisServer {
     }
 
     /// SIGKILL (no shutdown, no goodbye to clients), and wait until the process is gone.
+    /// A frozen server is killed as it is: SIGKILL ends a stopped process, so it does not run
+    /// again first.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.frozen = false;
+    }
+
+    /// SIGSTOP: the process stays, its clients' connections stay established, and nothing is
+    /// answered until [`thaw`](Self::thaw) (the kernel still completes new connections into
+    /// the listen backlog, so connecting succeeds and the first command hangs). Returns once
+    /// the process is stopped. Nothing happens when it is already frozen.
+    ///
+    /// # Panics
+    /// When the server does not run, or the signal cannot be sent.
+    pub fn freeze(&mut self) {
+        if self.frozen {
+            return;
+        }
+        let pid = self.pid().unwrap_or_else(|| {
+            panic!(
+                "cannot freeze redis-server on port {}: it does not run",
+                self.port
+            )
+        });
+        send_signal(pid, Signal::SIGSTOP)
+            .unwrap_or_else(|e| panic!("cannot SIGSTOP redis-server (pid {pid}): {e}"));
+        self.frozen = true;
+        wait_stopped(pid);
+    }
+
+    /// SIGCONT: a frozen server runs again and answers what waited meanwhile. Nothing happens
+    /// when it is not frozen.
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn thaw(&mut self) {
+        if !self.frozen {
+            return;
+        }
+        if let Some(pid) = self.pid() {
+            send_signal(pid, Signal::SIGCONT)
+                .unwrap_or_else(|e| panic!("cannot SIGCONT redis-server (pid {pid}): {e}"));
+        }
+        self.frozen = false;
+    }
+
+    /// Whether the server is [frozen](Self::freeze).
+    #[must_use]
+    pub const fn is_frozen(&self) -> bool {
+        self.frozen
     }
 
     /// Starts the server again on the same port (killing it first if it still runs) and waits
@@ -515,6 +567,33 @@ pub async fn wait_bridge(node: &Node, up: bool, timeout: Duration) -> HttpRespon
 pub async fn wait_bridge_up(nodes: &[&Node]) {
     for node in nodes {
         let _ = wait_bridge(node, true, PATIENCE).await;
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub(crate) fn send_signal(pid: u32, signal: Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+}
+
+/// The state letter of process `pid` in `/proc/<pid>/stat` (`R`, `S`, `T`, ...), or `None`
+/// when it is gone.
+pub(crate) fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; it ends at the last `)`.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start().chars().next()
+}
+
+/// Waits (briefly) until process `pid` is stopped or gone: a signal is delivered
+/// asynchronously, and a caller of `freeze` means "no longer running" when it returns.
+pub(crate) fn wait_stopped(pid: u32) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        match process_state(pid) {
+            Some('T' | 't' | 'Z' | 'X') | None => return,
+            Some(_) => thread::sleep(Duration::from_millis(1)),
+        }
     }
 }
 
