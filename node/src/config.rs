@@ -1,64 +1,79 @@
-//! Configuration: flags, the same names as environment variables, and an optional TOML file.
+//! Configuration: every option is declared once, on [`Config`], and can be given three ways.
 //!
-//! Precedence: a flag beats the environment, which beats the file, which beats the default.
+//! Each option is a flag (`--max-frame-bytes`), the environment variable named on it
+//! (`MAX_FRAME_BYTES`), and a key of the TOML file given with `--config` (`max-frame-bytes` or
+//! `max_frame_bytes`). One rule layers them: a flag beats the environment, which beats the
+//! file, which beats the default. The file is read after a first parse (which finds
+//! `--config`), each of its keys is checked with the option's own parser, and the keys that no
+//! flag or variable set are handed to a second parse as if they had been flags, so the file
+//! has no separate list of options that could drift from the flags. Only the `[channels]`
+//! tables, which have no flag, are read from the file alone.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
+use switchboard_core::bridge::BridgeConfig;
+use switchboard_core::connection::Limits;
 use switchboard_core::{Rule, MAX_TOPIC_BYTES};
 
-use crate::token::TokenSecret;
+use crate::security::token::TokenSecret;
 
 /// A Phoenix Channels compatible pub/sub node.
 ///
 /// Browsers connect with the official `phoenix` client to ws://<bind>/socket and join topics;
 /// producers publish with POST /api/publish. Every option can also be set by the environment
-/// variable shown, or in the TOML file given with --config (same names, `-` or `_`).
+/// variable shown, or in the TOML file given with --config (same names, `-` or `_`). A flag
+/// beats the environment, which beats the file.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "switchboard", version, about, long_about)]
+#[command(
+    name = "switchboard",
+    version,
+    about,
+    long_about,
+    args_override_self = true
+)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (the node prints the one it bound).
     #[arg(long, env = "BIND", default_value = "127.0.0.1:4000")]
     pub bind: SocketAddr,
 
-    /// TOML file with any of these options (keys as the flag names).
+    /// TOML file with any of these options (keys as the flag names) and the `[channels]`
+    /// tables.
     #[arg(long, env = "CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Largest WebSocket message accepted from a client, in bytes; a larger one closes the
     /// socket with code 1009.
-    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 64 * 1024, value_name = "BYTES", value_parser = at_least_one)]
     pub max_frame_bytes: usize,
 
     /// Topics one socket may join at once; one more gets the error reply
     /// "too many channels joined".
-    #[arg(
-        long,
-        env = "MAX_TOPICS_PER_SOCKET",
-        default_value_t = 100,
-        value_name = "N"
-    )]
+    #[arg(long, env = "MAX_TOPICS_PER_SOCKET", default_value_t = 100, value_name = "N", value_parser = at_least_one)]
     pub max_topics_per_socket: usize,
 
     /// Close a socket that sends no frame for this long (code 1000, "idle timeout").
     /// phoenix.js sends a heartbeat every 30s.
-    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
     /// Unsent data one socket may have queued, in bytes; past it the socket is closed with
     /// code 3008 ("slow consumer") and gets nothing more.
-    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = at_least_one)]
     pub send_buffer_bytes: usize,
 
     /// Largest POST /api/publish body, in bytes; a larger one gets 413.
-    #[arg(long, env = "MAX_PUBLISH_BYTES", default_value_t = 64 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "MAX_PUBLISH_BYTES", default_value_t = 64 * 1024, value_name = "BYTES", value_parser = at_least_one)]
     pub max_publish_bytes: usize,
 
-    /// On Ctrl-C or SIGTERM, how long to wait for sockets to close before exiting.
+    /// On Ctrl-C or SIGTERM, how long to wait for sockets to close and for accepted messages
+    /// to reach the backend before exiting.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_timeout: Duration,
 
@@ -77,7 +92,7 @@ pub struct Config {
 
     /// Key that POST /api/publish requires as `Authorization: Bearer <key>`. Without one,
     /// publishing over HTTP is open.
-    #[arg(long, env = "API_KEY", hide_env_values = true, value_name = "KEY")]
+    #[arg(long, env = "API_KEY", hide_env_values = true, value_name = "KEY", value_parser = not_empty)]
     pub api_key: Option<String>,
 
     /// Origins allowed to open a WebSocket, comma-separated (e.g. https://app.example.com).
@@ -97,27 +112,28 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Longest topic a socket may join, in bytes (at most 255).
-    #[arg(
-        long,
-        env = "MAX_TOPIC_BYTES",
-        default_value_t = 255,
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "MAX_TOPIC_BYTES", default_value_t = 255, value_name = "BYTES", value_parser = topic_bytes)]
     pub max_topic_bytes: usize,
 
     /// Pushes per second one socket may make (a token bucket); a push over the rate gets the
     /// error reply "rate limit exceeded" and is not published.
-    #[arg(
-        long,
-        env = "PUSH_RATE",
-        default_value_t = 100,
-        value_name = "PER_SECOND"
-    )]
+    #[arg(long, env = "PUSH_RATE", default_value_t = 100, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
     pub push_rate: u32,
 
     /// Pushes one socket may make at once above the rate (the bucket's size).
-    #[arg(long, env = "PUSH_BURST", default_value_t = 200, value_name = "N")]
+    #[arg(long, env = "PUSH_BURST", default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub push_burst: u32,
+
+    /// Joins (and leaves) per second one socket may make; a join over the rate gets the error
+    /// reply "join rate limit exceeded". Bounds how fast one socket can make the node
+    /// subscribe and unsubscribe upstream.
+    #[arg(long, env = "JOIN_RATE", default_value_t = 20, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+    pub join_rate: u32,
+
+    /// Joins one socket may make at once above the join rate (phoenix.js rejoins every topic
+    /// at once after a reconnect).
+    #[arg(long, env = "JOIN_BURST", default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub join_burst: u32,
 
     /// Join and push rules per namespace, from the config file's `[channels.<namespace>]`
     /// tables (`"*"` for namespaces not listed).
@@ -137,7 +153,7 @@ pub struct Config {
 
     /// Redis to share topics through, e.g. redis://127.0.0.1:6379. Every node given the same
     /// Redis (and prefix) delivers every message to every subscriber.
-    #[arg(long, env = "REDIS_URL", value_name = "URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "URL")]
     pub redis_url: Option<String>,
 
     /// Prefix of the Redis or PostgreSQL channel of each topic (channel = prefix + topic).
@@ -155,6 +171,43 @@ pub struct Config {
     /// the same database (and prefix) delivers every message to every subscriber.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
+
+    /// How messages look on the backend's channels: `switchboard` (an envelope that keeps the
+    /// event name) or `pyview` (what PyView's RedisPubSub and PostgresPubSub send and read, to
+    /// share topics with PyView apps; use it with --channel-prefix set to theirs).
+    #[arg(
+        long,
+        env = "ENVELOPE",
+        value_enum,
+        default_value = "switchboard",
+        value_name = "FORMAT"
+    )]
+    pub envelope: EnvelopeFormat,
+
+    /// How long a join waits for the backend to confirm its topic's subscription before it is
+    /// answered with an error (phoenix.js then rejoins with backoff).
+    #[arg(long, env = "SUBSCRIBE_TIMEOUT", default_value = "5s", value_parser = positive_duration, value_name = "DURATION")]
+    pub subscribe_timeout: Duration,
+
+    /// A backend that answers nothing for this long (a stopped process, a network black
+    /// hole) is declared gone: readiness turns 503 and the bridge reconnects. Requests may take
+    /// half of it; a quiet link is pinged every half of it.
+    #[arg(long, env = "BACKEND_TIMEOUT", default_value = "10s", value_parser = positive_duration, value_name = "DURATION")]
+    pub backend_timeout: Duration,
+
+    /// How long a topic stays subscribed upstream after its last local subscriber left, so a
+    /// quick rejoin costs nothing (0s: unsubscribe at once).
+    #[arg(long, env = "UNSUBSCRIBE_LINGER", default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub unsubscribe_linger: Duration,
+
+    /// Most messages waiting to be sent to the backend; past it a publish is delivered on this
+    /// node only and its publisher is told so.
+    #[arg(long, env = "BRIDGE_QUEUE_MESSAGES", default_value_t = 10_000, value_name = "N", value_parser = at_least_one)]
+    pub bridge_queue_messages: usize,
+
+    /// Most bytes of messages waiting to be sent to the backend (as above).
+    #[arg(long, env = "BRIDGE_QUEUE_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "BYTES", value_parser = at_least_one)]
+    pub bridge_queue_bytes: usize,
 }
 
 /// Commands besides running the node.
@@ -191,8 +244,7 @@ fn rule<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rule, D::Er
 }
 
 /// The backends a node can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
     /// This node alone, in memory.
     Memory,
@@ -200,6 +252,15 @@ pub enum BackendKind {
     Redis,
     /// Several nodes as one, through PostgreSQL LISTEN/NOTIFY.
     Postgres,
+}
+
+/// How messages look on the backend's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnvelopeFormat {
+    /// `{"switchboard":{"event":..,"origin":..},"payload":..}`: keeps the event name.
+    Switchboard,
+    /// PyView's own: `{"topic":..,"message":..}` on Redis, the message itself on PostgreSQL.
+    Pyview,
 }
 
 /// The backend the configuration resolves to.
@@ -212,15 +273,11 @@ pub enum Backend {
     Redis {
         /// The Redis URL.
         url: String,
-        /// The channel prefix.
-        prefix: String,
     },
     /// PostgreSQL LISTEN/NOTIFY.
     Postgres {
         /// The database URL or connection string.
         url: String,
-        /// The channel prefix.
-        prefix: String,
     },
 }
 
@@ -236,73 +293,13 @@ impl Backend {
     }
 }
 
-/// The same options as they may appear in the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    #[serde(alias = "bind")]
-    bind: Option<SocketAddr>,
-    #[serde(alias = "max_frame_bytes")]
-    max_frame_bytes: Option<usize>,
-    #[serde(alias = "max_topics_per_socket")]
-    max_topics_per_socket: Option<usize>,
-    #[serde(alias = "idle_timeout")]
-    idle_timeout: Option<DurationValue>,
-    #[serde(alias = "send_buffer_bytes")]
-    send_buffer_bytes: Option<usize>,
-    #[serde(alias = "max_publish_bytes")]
-    max_publish_bytes: Option<usize>,
-    #[serde(alias = "shutdown_timeout")]
-    shutdown_timeout: Option<DurationValue>,
-    #[serde(alias = "token_secret")]
-    token_secret: Option<String>,
-    #[serde(alias = "api_key")]
-    api_key: Option<String>,
-    #[serde(alias = "allowed_origins")]
-    allowed_origins: Option<Vec<String>>,
-    #[serde(alias = "max_connections")]
-    max_connections: Option<usize>,
-    #[serde(alias = "max_topic_bytes")]
-    max_topic_bytes: Option<usize>,
-    #[serde(alias = "push_rate")]
-    push_rate: Option<u32>,
-    #[serde(alias = "push_burst")]
-    push_burst: Option<u32>,
-    channels: Option<std::collections::BTreeMap<String, ChannelAccess>>,
-    #[serde(alias = "pubsub_backend")]
-    pubsub_backend: Option<BackendKind>,
-    #[serde(alias = "redis_url")]
-    redis_url: Option<String>,
-    #[serde(alias = "channel_prefix")]
-    channel_prefix: Option<String>,
-    #[serde(alias = "database_url")]
-    database_url: Option<String>,
-}
-
-/// A duration in the file: `"60s"` or a number of seconds.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum DurationValue {
-    Text(String),
-    Seconds(u64),
-}
-
-impl DurationValue {
-    fn resolve(self, key: &str) -> Result<Duration, ConfigError> {
-        match self {
-            Self::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
-            Self::Text(text) => parse_duration(&text).map_err(|message| ConfigError::Value {
-                key: key.to_owned(),
-                message,
-            }),
-        }
-    }
-}
-
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The flags or environment variables are wrong (clap's own message).
+    #[error("{0}")]
+    Arguments(#[from] clap::Error),
     /// The file named by `--config` could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -311,15 +308,15 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has an unknown key or a mistyped value.
+    /// The file is not valid TOML, or has an unknown key or a bad value.
     #[error("invalid config file {path}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// What the parser said.
+        /// What is wrong.
         message: String,
     },
-    /// A value is out of range.
+    /// Options that are valid alone but not together.
     #[error("invalid value for {key}: {message}")]
     Value {
         /// The option.
@@ -329,8 +326,68 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// Prints the error the way a command-line tool does and exits (2 for usage errors,
+    /// 0 for `--help` and `--version`).
+    pub fn exit(&self) -> ! {
+        match self {
+            Self::Arguments(err) => err.exit(),
+            other => {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!("error: {other}\n").as_bytes(),
+                );
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
+/// Parses a duration: `60s`, `500ms`, `2m`, or a plain number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
     humantime::parse_duration(text).map_err(|err| format!("{err} (write e.g. 60s, 500ms, 2m)"))
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err("must be longer than 0s".into());
+    }
+    Ok(duration)
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(value) => Ok(value),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn topic_bytes(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(value) if (1..=MAX_TOPIC_BYTES).contains(&value) => Ok(value),
+        Ok(_) => Err(format!("must be between 1 and {MAX_TOPIC_BYTES}")),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+fn not_empty(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// The `[channels]` part of the file (everything else is options).
+#[derive(Debug, Default, Deserialize)]
+struct FileChannels {
+    #[serde(default)]
+    channels: BTreeMap<String, ChannelAccess>,
 }
 
 impl Config {
@@ -346,104 +403,65 @@ impl Config {
     /// Like [`Config::load`] with explicit arguments (the first is the program name).
     ///
     /// # Errors
-    /// [`ConfigError`] when the file cannot be read or holds bad values.
+    /// [`ConfigError`] for bad flags, environment variables or file contents (`--help` and
+    /// `--version` come back as [`ConfigError::Arguments`] too; [`ConfigError::exit`] prints
+    /// them).
     pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
+        T: Into<OsString> + Clone,
     {
-        let matches = Self::command().get_matches_from(args);
-        Self::from_matches(&matches)
-    }
-
-    /// Builds the configuration from parsed matches (used by subcommands that embed it).
-    ///
-    /// # Errors
-    /// [`ConfigError`] when the file cannot be read or holds bad values.
-    pub fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
-        let mut config = Self::from_arg_matches(matches).map_err(|err| ConfigError::Value {
-            key: "arguments".into(),
-            message: err.to_string(),
-        })?;
-        if let Some(path) = config.config.clone() {
-            config.apply_file(&path, matches)?;
-        }
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn apply_file(&mut self, path: &Path, matches: &ArgMatches) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let command = Self::command();
+        let first = command.clone().try_get_matches_from(&args)?;
+        let Some(path) = first.get_one::<PathBuf>("config").cloned() else {
+            return Self::finish(&first, Vec::new());
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
             source,
         })?;
-        let file: FileConfig = toml::from_str(&text).map_err(|err| ConfigError::Parse {
-            path: path.to_owned(),
+        let table: toml::Table = toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.clone(),
             message: err.to_string(),
         })?;
-        let from_default = |id: &str| matches.value_source(id) == Some(ValueSource::DefaultValue);
-        if let (Some(value), true) = (file.bind, from_default("bind")) {
-            self.bind = value;
-        }
-        if let (Some(value), true) = (file.max_frame_bytes, from_default("max_frame_bytes")) {
-            self.max_frame_bytes = value;
-        }
-        if let (Some(value), true) = (
-            file.max_topics_per_socket,
-            from_default("max_topics_per_socket"),
-        ) {
-            self.max_topics_per_socket = value;
-        }
-        if let (Some(value), true) = (file.idle_timeout, from_default("idle_timeout")) {
-            self.idle_timeout = value.resolve("idle-timeout")?;
-        }
-        if let (Some(value), true) = (file.send_buffer_bytes, from_default("send_buffer_bytes")) {
-            self.send_buffer_bytes = value;
-        }
-        if let (Some(value), true) = (file.max_publish_bytes, from_default("max_publish_bytes")) {
-            self.max_publish_bytes = value;
-        }
-        if let (Some(value), true) = (file.shutdown_timeout, from_default("shutdown_timeout")) {
-            self.shutdown_timeout = value.resolve("shutdown-timeout")?;
-        }
-        if self.token_secret.is_none() {
-            self.token_secret = file.token_secret;
-        }
-        if self.api_key.is_none() {
-            self.api_key = file.api_key;
-        }
-        if let (Some(value), None) = (
-            file.allowed_origins,
-            matches.value_source("allowed_origins"),
-        ) {
-            self.allowed_origins = value;
-        }
-        if let (Some(value), true) = (file.max_connections, from_default("max_connections")) {
-            self.max_connections = value;
-        }
-        if let (Some(value), true) = (file.max_topic_bytes, from_default("max_topic_bytes")) {
-            self.max_topic_bytes = value;
-        }
-        if let (Some(value), true) = (file.push_rate, from_default("push_rate")) {
-            self.push_rate = value;
-        }
-        if let (Some(value), true) = (file.push_burst, from_default("push_burst")) {
-            self.push_burst = value;
-        }
-        self.channels = file.channels.unwrap_or_default().into_iter().collect();
-        if self.pubsub_backend.is_none() {
-            self.pubsub_backend = file.pubsub_backend;
-        }
-        if self.redis_url.is_none() {
-            self.redis_url = file.redis_url;
-        }
-        if let (Some(value), true) = (file.channel_prefix, from_default("channel_prefix")) {
-            self.channel_prefix = value;
-        }
-        if self.database_url.is_none() {
-            self.database_url = file.database_url;
-        }
-        Ok(())
+        let file_args =
+            file_args(&command, &first, &table).map_err(|message| ConfigError::Parse {
+                path: path.clone(),
+                message,
+            })?;
+        let channels: FileChannels = table
+            .get("channels")
+            .map(|channels| {
+                let mut only = toml::Table::new();
+                only.insert("channels".into(), channels.clone());
+                toml::Value::Table(only).try_into()
+            })
+            .transpose()
+            .map_err(|err: toml::de::Error| ConfigError::Parse {
+                path: path.clone(),
+                message: err.to_string(),
+            })?
+            .unwrap_or_default();
+        // The file's options go first, so the command line's own occurrences win.
+        let mut layered = vec![args
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "switchboard".into())];
+        layered.extend(file_args);
+        layered.extend(args.iter().skip(1).cloned());
+        let matches = command.try_get_matches_from(&layered)?;
+        Self::finish(&matches, channels.channels.into_iter().collect())
+    }
+
+    fn finish(
+        matches: &ArgMatches,
+        channels: Vec<(String, ChannelAccess)>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = Self::from_arg_matches(matches)?;
+        config.channels = channels;
+        config.validate()?;
+        Ok(config)
     }
 
     /// The backend chosen, explicitly or by the one URL given (`--redis-url` or
@@ -452,7 +470,6 @@ impl Config {
     /// # Errors
     /// A backend without its URL, or both URLs and no backend named.
     pub fn backend(&self) -> Result<Backend, ConfigError> {
-        let prefix = self.channel_prefix.clone();
         let redis = self.redis_url.clone();
         let postgres = self.database_url.clone();
         let missing = |message: &str| ConfigError::Value {
@@ -462,10 +479,10 @@ impl Config {
         match (self.pubsub_backend, redis, postgres) {
             (Some(BackendKind::Memory), _, _) | (None, None, None) => Ok(Backend::Memory),
             (Some(BackendKind::Redis), Some(url), _) | (None, Some(url), None) => {
-                Ok(Backend::Redis { url, prefix })
+                Ok(Backend::Redis { url })
             }
             (Some(BackendKind::Postgres), _, Some(url)) | (None, None, Some(url)) => {
-                Ok(Backend::Postgres { url, prefix })
+                Ok(Backend::Postgres { url })
             }
             (Some(BackendKind::Redis), None, _) => {
                 Err(missing("redis needs --redis-url (or REDIS_URL)"))
@@ -480,30 +497,44 @@ impl Config {
         }
     }
 
+    /// The limits every connection applies.
+    #[must_use]
+    pub fn connection_limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_topic_bytes: self.max_topic_bytes,
+            max_topics: self.max_topics_per_socket,
+            idle_timeout: self.idle_timeout,
+            push_rate: self.push_rate,
+            push_burst: self.push_burst,
+            join_rate: self.join_rate,
+            join_burst: self.join_burst,
+        }
+    }
+
+    /// How the bridge to the backend bounds and paces itself; `jitter_seed` varies the
+    /// reconnect delays between nodes.
+    #[must_use]
+    pub fn bridge(&self, jitter_seed: u64) -> BridgeConfig {
+        BridgeConfig {
+            subscribe_timeout: self.subscribe_timeout,
+            backend_timeout: self.backend_timeout,
+            connect_timeout: (self.backend_timeout / 10)
+                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            unsubscribe_linger: self.unsubscribe_linger,
+            max_queued_messages: self.bridge_queue_messages,
+            max_queued_bytes: self.bridge_queue_bytes,
+            jitter_seed,
+            ..BridgeConfig::default()
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(secret) = &self.token_secret {
             TokenSecret::new(secret).map_err(|message| ConfigError::Value {
                 key: "token-secret".into(),
                 message,
             })?;
-        }
-        if self.api_key.as_deref().is_some_and(str::is_empty) {
-            return Err(ConfigError::Value {
-                key: "api-key".into(),
-                message: "must not be empty".into(),
-            });
-        }
-        if !(1..=MAX_TOPIC_BYTES).contains(&self.max_topic_bytes) {
-            return Err(ConfigError::Value {
-                key: "max-topic-bytes".into(),
-                message: format!("must be between 1 and {MAX_TOPIC_BYTES}"),
-            });
-        }
-        if self.push_rate == 0 || self.push_burst == 0 {
-            return Err(ConfigError::Value {
-                key: "push-rate".into(),
-                message: "push-rate and push-burst must be at least 1".into(),
-            });
         }
         for (namespace, _) in &self.channels {
             if namespace != "*" && (namespace.is_empty() || namespace.contains(':')) {
@@ -522,205 +553,86 @@ impl Config {
             })?;
         }
         if let Some(url) = &self.database_url {
-            crate::postgres_bridge::parse_url(url).map_err(|err| ConfigError::Value {
+            crate::bridge::postgres::parse_url(url).map_err(|err| ConfigError::Value {
                 key: "database-url".into(),
                 message: err.to_string(),
             })?;
-        }
-        let positive = [
-            ("max-frame-bytes", self.max_frame_bytes),
-            ("max-topics-per-socket", self.max_topics_per_socket),
-            ("send-buffer-bytes", self.send_buffer_bytes),
-            ("max-publish-bytes", self.max_publish_bytes),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(ConfigError::Value {
-                    key: key.into(),
-                    message: "must be at least 1".into(),
-                });
-            }
-        }
-        if self.idle_timeout.is_zero() {
-            return Err(ConfigError::Value {
-                key: "idle-timeout".into(),
-                message: "must be longer than 0s".into(),
-            });
         }
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(args: &[&str]) -> Result<Config, ConfigError> {
-        Config::load_from(std::iter::once("switchboard").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn defaults_match_the_documentation() {
-        let config = load(&[]).unwrap();
-        assert_eq!(config.bind, "127.0.0.1:4000".parse().unwrap());
-        assert_eq!(config.max_frame_bytes, 65536);
-        assert_eq!(config.max_topics_per_socket, 100);
-        assert_eq!(config.idle_timeout, Duration::from_secs(60));
-        assert_eq!(config.send_buffer_bytes, 1 << 20);
-        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
-    }
-
-    #[test]
-    fn file_fills_what_flags_leave_at_default() {
-        let dir = std::env::temp_dir().join(format!("switchboard-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("node.toml");
-        std::fs::write(
-            &path,
-            "max-topics-per-socket = 7\nidle_timeout = \"5s\"\nmax-frame-bytes = 1000\n",
-        )
-        .unwrap();
-        let config = load(&[
-            "--config",
-            path.to_str().unwrap(),
-            "--max-frame-bytes",
-            "2000",
-        ])
-        .unwrap();
-        assert_eq!(config.max_topics_per_socket, 7);
-        assert_eq!(config.idle_timeout, Duration::from_secs(5));
-        assert_eq!(config.max_frame_bytes, 2000, "a flag beats the file");
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn unknown_file_keys_are_errors() {
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-config-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("node.toml");
-        std::fs::write(&path, "max-topic = 7\n").unwrap();
-        let err = load(&["--config", path.to_str().unwrap()]).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `max-topic`"),
-            "{err}"
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn backend_is_chosen_explicitly_or_by_the_url() {
-        assert_eq!(load(&[]).unwrap().backend().unwrap(), Backend::Memory);
-        let redis = load(&[
-            "--redis-url",
-            "redis://127.0.0.1:1",
-            "--channel-prefix",
-            "sb:",
-        ])
-        .unwrap();
-        assert_eq!(
-            redis.backend().unwrap(),
-            Backend::Redis {
-                url: "redis://127.0.0.1:1".into(),
-                prefix: "sb:".into()
-            }
-        );
-        let memory = load(&["--pubsub-backend", "memory", "--redis-url", "redis://x"]).unwrap();
-        assert_eq!(memory.backend().unwrap(), Backend::Memory);
-        let err = load(&["--pubsub-backend", "redis"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid value for pubsub-backend: redis needs --redis-url (or REDIS_URL)"
-        );
-        assert!(load(&["--redis-url", "http://nope"]).is_err());
-    }
-
-    #[test]
-    fn channel_rules_come_from_the_file() {
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-config-rules-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("node.toml");
-        std::fs::write(
-            &path,
-            "[channels.room]\njoin = \"authenticated\"\npush = \"authenticated\"\n[channels.\"*\"]\njoin = \"nobody\"\npush = \"nobody\"\n",
-        )
-        .unwrap();
-        let config = load(&["--config", path.to_str().unwrap()]).unwrap();
-        assert_eq!(config.channels.len(), 2);
-        std::fs::write(
-            &path,
-            "[channels.room]\njoin = \"everyone\"\npush = \"nobody\"\n",
-        )
-        .unwrap();
-        let err = load(&["--config", path.to_str().unwrap()]).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown rule \"everyone\""),
-            "{err}"
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn short_token_secrets_are_refused() {
-        let err = load(&["--token-secret", "short"]).unwrap_err();
-        assert!(
-            err.to_string().starts_with(
-                "invalid value for token-secret: the token secret must be at least 32 bytes"
-            ),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn postgres_is_chosen_by_name_or_by_its_url_alone() {
-        let url = "postgres://sb@127.0.0.1:5432/app";
-        let expected = Backend::Postgres {
-            url: url.into(),
-            prefix: String::new(),
+/// The file's option keys as flags for the second parse: every key must name an option (or
+/// be `channels`), its value must pass the option's parser, and keys whose option was given
+/// on the command line or in the environment are left out (those win).
+fn file_args(
+    command: &clap::Command,
+    first: &ArgMatches,
+    table: &toml::Table,
+) -> Result<Vec<OsString>, String> {
+    let mut args = Vec::new();
+    for (key, value) in table {
+        if key == "channels" {
+            continue;
+        }
+        let long = key.replace('_', "-");
+        let Some(arg) = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long.as_str()) && long != "config")
+        else {
+            return Err(format!(
+                "unknown key `{key}` (see `switchboard --help` for the options)"
+            ));
         };
-        let explicit = load(&["--pubsub-backend", "postgres", "--database-url", url]).unwrap();
-        assert_eq!(explicit.backend().unwrap(), expected);
-        assert_eq!(
-            load(&["--database-url", url]).unwrap().backend().unwrap(),
-            expected
-        );
-        let redis = load(&[
-            "--pubsub-backend",
-            "redis",
-            "--redis-url",
-            "redis://x",
-            "--database-url",
-            url,
-        ]);
-        assert!(matches!(
-            redis.unwrap().backend().unwrap(),
-            Backend::Redis { .. }
-        ));
-        let err = load(&["--pubsub-backend", "postgres"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid value for pubsub-backend: postgres needs --database-url (or DATABASE_URL)"
-        );
-        let err = load(&["--redis-url", "redis://x", "--database-url", url]).unwrap_err();
-        assert!(
-            err.to_string().contains("choose one with --pubsub-backend"),
-            "{err}"
-        );
-        let err = load(&["--database-url", "postgres://[nope"]).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("invalid value for database-url"),
-            "{err}"
-        );
+        let id = arg.get_id().as_str();
+        if matches!(
+            first.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        for text in file_values(arg, value).map_err(|message| format!("key `{key}`: {message}"))? {
+            check_value(arg, &long, &text).map_err(|message| format!("key `{key}`: {message}"))?;
+            args.push(OsString::from(format!("--{long}")));
+            args.push(OsString::from(text));
+        }
     }
+    Ok(args)
+}
 
-    #[test]
-    fn zero_limits_are_refused() {
-        let err = load(&["--max-topics-per-socket", "0"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid value for max-topics-per-socket: must be at least 1"
-        );
+/// The text(s) a TOML value stands for, as the option would read them from a flag.
+fn file_values(arg: &Arg, value: &toml::Value) -> Result<Vec<String>, String> {
+    let scalar = |value: &toml::Value| match value {
+        toml::Value::String(text) => Ok(text.clone()),
+        toml::Value::Integer(number) => Ok(number.to_string()),
+        toml::Value::Float(number) => Ok(number.to_string()),
+        toml::Value::Boolean(flag) => Ok(flag.to_string()),
+        _ => Err("expected a string, number or boolean".to_owned()),
+    };
+    match value {
+        toml::Value::Array(items) if arg.get_value_delimiter().is_some() => {
+            items.iter().map(scalar).collect()
+        }
+        toml::Value::Array(_) => Err("expected a single value, not a list".into()),
+        value => scalar(value).map(|text| vec![text]),
     }
 }
+
+/// Runs the option's own parser on `text`, for an error that names the file's key.
+fn check_value(arg: &Arg, long: &str, text: &str) -> Result<(), String> {
+    // A command with only this option, its environment variable ignored.
+    let check = clap::Command::new("check")
+        .no_binary_name(true)
+        .arg(arg.clone().env(None::<&str>).global(false));
+    check
+        .try_get_matches_from([format!("--{long}"), text.to_owned()])
+        .map(|_| ())
+        .map_err(|err| {
+            let message = err.to_string();
+            let first = message.lines().next().unwrap_or_default();
+            first.trim_start_matches("error: ").to_owned()
+        })
+}
+
+#[cfg(test)]
+mod tests;

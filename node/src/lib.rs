@@ -1,43 +1,32 @@
 //! The Switchboard node: a Phoenix Channels V2 compatible pub/sub server on actix.
 //!
 //! # Layout
-//! - [`config`]: flags, environment variables and the TOML file.
-//! - [`server`]: starting the HTTP server, announcing the address, graceful shutdown.
+//! Layers from the outside in; a module uses only the layers below it and the leaf modules.
+//! - [`server`]: starting the node, announcing the address, graceful shutdown (wires the
+//!   layers together).
 //! - [`http`]: the routes — WebSocket upgrade, `POST /api/publish`, health, readiness, metrics.
-//! - [`hub`]: the topic hub actor that owns the core registry and routes every message.
-//! - [`session`]: one actor per WebSocket, speaking the Phoenix protocol.
-//! - [`outbox`]: bounded delivery from the hub to a session (the slow-consumer budget).
-//! - [`upstream`]: the interface between the hub and a distributed backend.
-//! - [`redis_bridge`]: the Redis bridge actor (several nodes as one system).
-//! - [`postgres_bridge`]: the PostgreSQL bridge actor (the same, through LISTEN/NOTIFY);
-//!   [`postgres_channel`]: topic → PostgreSQL channel names.
-//! - [`bridge`]: what both bridges share — the connection state machine, edge replay,
-//!   backoff, ordered batches, incoming delivery.
-//! - [`envelope`]: how messages look on the shared channel, and raw producer messages.
+//! - [`session`]: one actor per WebSocket, a thin shell around the core's protocol engine.
 //! - [`transport`]: the only module that knows the WebSocket library.
-//! - [`metrics`]: counters and gauges in Prometheus text.
+//! - [`hub`]: the topic hub actor that owns the core registry and routes every message; its
+//!   outbox (bounded delivery to a session) and its handle on a bridge.
+//! - [`bridge`]: the bridge actor driving the core's bridge machine, its backend adapters
+//!   (Redis, PostgreSQL) and the message formats on the backend.
 //! - [`security`]: who may connect, join, push and publish (tokens, channel rules, API key,
-//!   origins); [`token`]: HS256 connect tokens.
-//! - [`rate_limit`]: the per-socket push token bucket; [`connections`]: the connection limit
-//!   and the open-file limit.
+//!   origins).
+//! - Leaves: [`config`] (every option, declared once), [`messages`] (what actors of different
+//!   layers send each other), [`metrics`] (counters and gauges in Prometheus text),
+//!   [`connections`] (the connection limit and the open-file limit).
 
 pub mod bridge;
 pub mod config;
 pub mod connections;
-pub mod envelope;
 pub mod http;
 pub mod hub;
+pub mod messages;
 pub mod metrics;
-pub mod outbox;
-pub mod postgres_bridge;
-pub mod postgres_channel;
-pub mod rate_limit;
-pub mod redis_bridge;
 pub mod security;
 pub mod server;
 pub mod session;
-pub mod token;
 pub mod transport;
-pub mod upstream;
 
 pub use config::Config;

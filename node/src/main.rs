@@ -9,7 +9,7 @@ use switchboard_node::{server, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::load()?;
+    let config = Config::load().unwrap_or_else(|err| err.exit());
     if let Some(Command::Token { sub, ttl }) = &config.command {
         return print_token(&config, sub, ttl.as_secs());
     }

@@ -29,7 +29,8 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Connections refused at the connection limit.
     pub refused_connections: AtomicU64,
-    /// 1 while the bridge to the shared backend is connected (0 without a backend).
+    /// 1 while the bridge to the shared backend is connected and resubscribed (0 without a
+    /// backend).
     pub bridge_up: AtomicU64,
     /// Times the bridge connected again after losing the backend.
     pub bridge_reconnects: AtomicU64,
@@ -39,6 +40,9 @@ pub struct Metrics {
     pub bridge_published: AtomicU64,
     /// Messages the bridge received from other nodes and producers.
     pub bridge_received: AtomicU64,
+    /// Messages from the backend this node dropped because it could not take them as fast as
+    /// they came (its bounded queues were full).
+    pub bridge_dropped: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -66,7 +70,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 16] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
             (
                 "switchboard_connections",
                 "gauge",
@@ -163,6 +167,12 @@ impl Metrics {
                 "Messages the bridge received from other nodes and producers.",
                 &self.bridge_received,
             ),
+            (
+                "switchboard_bridge_dropped_total",
+                "counter",
+                "Messages from the backend dropped because this node could not take them fast enough.",
+                &self.bridge_dropped,
+            ),
         ];
         let mut out = String::with_capacity(1024);
         for (name, kind, help, value) in rows {
@@ -191,6 +201,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 16);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 17);
     }
 }

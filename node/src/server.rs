@@ -6,28 +6,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor as _, Addr, Arbiter, AsyncContext as _};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher as _, Hasher as _};
+
+use actix::{Actor as _, Addr, Arbiter, AsyncContext as _, Recipient};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
+use switchboard_core::bridge::BridgeConfig;
 use tracing::{info, warn};
 
+use crate::bridge::envelope::Format;
+use crate::bridge::postgres::{self, PostgresBackend};
+use crate::bridge::redis::RedisBackend;
+use crate::bridge::{Backend as Adapter, BridgeActor};
 use crate::config::{Backend, Config};
 use crate::connections::{automatic_limit, raise_open_file_limit, ConnectionSlots};
 use crate::http::{self, AppState};
+use crate::hub::upstream::{MessageLimit, Upstream};
 use crate::hub::{CloseAll, Hub};
+use crate::messages::Drain;
 use crate::metrics::Metrics;
-use crate::postgres_bridge::{self, PostgresBridge};
-use crate::redis_bridge::RedisBridge;
 use crate::security::Security;
-use crate::session::{close, SessionLimits};
-use crate::upstream::{origin_id, Upstream};
 
 /// A socket whose sent data stays unacknowledged this long (a peer that stopped reading, or
 /// vanished) is dropped by the kernel. This is what finally frees a slow consumer whose
 /// session cannot even be polled to send its close frame.
 pub const STALLED_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the node until Ctrl-C or SIGTERM, then closes every socket with 1001 and returns.
+/// Runs the node until Ctrl-C or SIGTERM, then closes every socket with 1001, lets the
+/// bridge publish what it accepted, and returns.
 ///
 /// # Errors
 /// Binding the address, or the HTTP server failing.
@@ -49,29 +56,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limit => limit,
     };
     info!(max_connections, open_files, "connection limit");
-    let hub = start_hub(&config, &backend, &metrics)?;
+    let (hub, drain_bridge) = start_hub(&config, &backend, &metrics)?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
         hub: hub.clone(),
         metrics: metrics.clone(),
-        limits: Arc::new(SessionLimits {
-            max_frame_bytes: config.max_frame_bytes,
-            idle_timeout: config.idle_timeout,
-            send_buffer_bytes: config.send_buffer_bytes,
-            max_topic_bytes: config.max_topic_bytes,
-            push_rate: config.push_rate,
-            push_burst: config.push_burst,
-            bridged: backend != Backend::Memory,
-            upstream_limit: matches!(backend, Backend::Postgres { .. })
-                .then_some(postgres_bridge::MESSAGE_LIMIT),
-        }),
+        limits: Arc::new(config.connection_limits()),
+        send_buffer_bytes: config.send_buffer_bytes,
         max_publish_bytes: config.max_publish_bytes,
         shutting_down: shutting_down.clone(),
-        backend: match backend {
-            Backend::Redis { .. } => "redis",
-            Backend::Postgres { .. } => "postgres",
-            _ => "memory",
-        },
+        backend: backend.name(),
         security: Arc::new(security),
         slots: ConnectionSlots::new(max_connections),
     };
@@ -97,72 +91,119 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     info!(addrs = ?addrs, "listening");
     let server = server.run();
     let handle = server.handle();
+    let shutdown_timeout = config.shutdown_timeout;
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
         shutting_down.store(true, Ordering::Relaxed);
         info!("shutting down");
-        drain(&hub, &metrics, config.shutdown_timeout).await;
+        let deadline = Instant::now() + shutdown_timeout.saturating_sub(Duration::from_millis(500));
+        close_sockets(&hub, &metrics, deadline).await;
         handle.stop(true).await;
+        if let Some(drain) = drain_bridge {
+            publish_what_was_accepted(&drain, deadline).await;
+        }
     });
     server.await.context("HTTP server failed")?;
     info!("stopped");
     Ok(())
 }
 
-/// Starts the hub, and the bridge actor on its own thread when a backend is configured.
+/// Starts the hub, and the bridge actor on its own thread when a backend is configured;
+/// returns the hub and where to tell the bridge to drain at shutdown.
 fn start_hub(
     config: &Config,
     backend: &Backend,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Addr<Hub>> {
+) -> anyhow::Result<(Addr<Hub>, Option<Recipient<Drain>>)> {
     let max_topics = config.max_topics_per_socket;
+    let origin = origin_id();
+    let bridge_config = config.bridge(jitter_seed());
     match backend {
-        Backend::Redis { url, prefix } => {
-            let origin = origin_id();
-            info!(%origin, prefix = %prefix, "sharing topics through redis");
-            // Check the URL before the actors start, so a bad one fails here, clearly.
-            redis::Client::open(url.as_str()).context("invalid --redis-url")?;
-            let (url, prefix, metrics) = (url.clone(), prefix.clone(), metrics.clone());
-            Ok(Hub::create(move |ctx| {
-                let hub = ctx.address();
-                let bridge_metrics = metrics.clone();
-                let bridge = RedisBridge::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                    // The URL was checked above, so this cannot fail.
-                    RedisBridge::new(&url, prefix, origin, hub, bridge_metrics)
-                        .expect("redis URL checked at start-up")
-                });
-                Hub::new(max_topics, metrics, Some(Upstream::of("redis", &bridge)))
-            }))
+        Backend::Redis { url } => {
+            let adapter =
+                RedisBackend::new(url, &config.channel_prefix).context("invalid --redis-url")?;
+            info!(%origin, prefix = %config.channel_prefix, envelope = ?config.envelope, "sharing topics through redis");
+            let format = Format::new(config.envelope, "redis", origin);
+            Ok(start_bridged(
+                adapter,
+                bridge_config,
+                format,
+                None,
+                config,
+                metrics,
+                max_topics,
+            ))
         }
-        Backend::Postgres { url, prefix } => {
-            let origin = origin_id();
-            info!(%origin, prefix = %prefix, "sharing topics through postgres");
-            // Check the URL before the actors start, so a bad one fails here, clearly.
-            postgres_bridge::parse_url(url).context("invalid --database-url")?;
-            let (url, prefix, metrics) = (url.clone(), prefix.clone(), metrics.clone());
-            Ok(Hub::create(move |ctx| {
-                let hub = ctx.address();
-                let bridge_metrics = metrics.clone();
-                let bridge =
-                    PostgresBridge::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                        // The URL was checked above, so this cannot fail.
-                        PostgresBridge::new(&url, prefix, origin, hub, bridge_metrics)
-                            .expect("database URL checked at start-up")
-                    });
-                let upstream = Upstream::of("postgres", &bridge)
-                    .with_max_message_bytes(postgres_bridge::MESSAGE_LIMIT.max_bytes);
-                Hub::new(max_topics, metrics, Some(upstream))
-            }))
+        Backend::Postgres { url } => {
+            let adapter = PostgresBackend::new(url, &config.channel_prefix)
+                .context("invalid --database-url")?;
+            info!(%origin, prefix = %config.channel_prefix, envelope = ?config.envelope, "sharing topics through postgres");
+            let format = Format::new(config.envelope, "postgres", origin);
+            Ok(start_bridged(
+                adapter,
+                bridge_config,
+                format,
+                Some(postgres::MAX_PAYLOAD_BYTES),
+                config,
+                metrics,
+                max_topics,
+            ))
         }
-        _ => Ok(Hub::new(max_topics, metrics.clone(), None).start()),
+        _ => Ok((Hub::new(max_topics, metrics.clone(), None).start(), None)),
     }
 }
 
-/// Tells every session to close with 1001 and waits until they have, or `timeout` is near.
-async fn drain(hub: &Addr<Hub>, metrics: &Metrics, timeout: Duration) {
-    let deadline = Instant::now() + timeout.saturating_sub(Duration::from_secs(1));
-    let (code, reason) = close::SHUTDOWN;
-    if hub.send(CloseAll { code, reason }).await.is_err() {
+/// The hub and a bridge through `adapter` on its own arbiter, wired to each other through
+/// recipients.
+fn start_bridged<B: Adapter + Send>(
+    adapter: B,
+    bridge_config: BridgeConfig,
+    format: Format,
+    max_message_bytes: Option<usize>,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    max_topics: usize,
+) -> (Addr<Hub>, Option<Recipient<Drain>>) {
+    let name = adapter.name();
+    let subscribe_timeout = config.subscribe_timeout;
+    let limit = max_message_bytes.map(|max_bytes| {
+        let format = format.clone();
+        MessageLimit {
+            backend: name,
+            max_bytes,
+            measure: Arc::new(move |topic, event, payload| {
+                format.encoded_len(topic, event, payload)
+            }),
+        }
+    });
+    let metrics = metrics.clone();
+    let mut drain = None;
+    let hub = Hub::create(|ctx| {
+        let incoming = ctx.address().recipient();
+        let bridge_metrics = metrics.clone();
+        let bridge = BridgeActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            BridgeActor::new(adapter, bridge_config, format, incoming, bridge_metrics)
+        });
+        drain = Some(bridge.clone().recipient());
+        let mut upstream = Upstream::of(name, subscribe_timeout, &bridge);
+        if let Some(limit) = limit {
+            upstream = upstream.with_limit(limit);
+        }
+        Hub::new(max_topics, metrics, Some(upstream))
+    });
+    (hub, drain)
+}
+
+/// A seed for this process's reconnect jitter.
+fn jitter_seed() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// Tells every session to close with 1001 and waits until they have, or the deadline.
+async fn close_sockets(hub: &Addr<Hub>, metrics: &Metrics, deadline: Instant) {
+    if hub.send(CloseAll).await.is_err() {
         warn!("hub already stopped");
     }
     while metrics.connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
@@ -174,6 +215,17 @@ async fn drain(hub: &Addr<Hub>, metrics: &Metrics, timeout: Duration) {
             left,
             "sockets still open at the shutdown deadline; dropping them"
         );
+    }
+}
+
+/// Waits until the bridge has published everything it accepted, or the deadline.
+async fn publish_what_was_accepted(drain: &Recipient<Drain>, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match actix_web::rt::time::timeout(left, drain.send(Drain)).await {
+        Ok(_) => info!("every accepted message reached the backend"),
+        Err(_) => {
+            warn!("the backend did not take every accepted message before the shutdown deadline")
+        }
     }
 }
 
@@ -217,4 +269,14 @@ fn announce(addrs: &[SocketAddr]) {
          health, metrics:        http://{addr}/readyz  http://{addr}/metrics"
     );
     let _ = out.flush();
+}
+
+/// A random id for this process, drawn once at start (never configured), so a node can
+/// recognise and drop its own messages when they come back from the shared channel.
+#[must_use]
+pub fn origin_id() -> String {
+    // The standard library seeds RandomState from the operating system's randomness.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
 }

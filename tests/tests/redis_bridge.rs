@@ -276,7 +276,17 @@ async fn a_node_subscribes_in_redis_on_the_first_local_subscriber_and_unsubscrib
 #[tokio::test(flavor = "multi_thread")]
 async fn rapid_join_leave_churn_ends_subscribed_exactly_when_someone_listens() {
     let redis = RedisServer::start();
-    let (a, b) = (bridged_node(&redis, &[]), bridged_node(&redis, &[]));
+    // No linger and no join rate limit: every edge reaches Redis, as fast as the client makes
+    // them.
+    let churn = [
+        "--unsubscribe-linger",
+        "0s",
+        "--join-rate",
+        "100000",
+        "--join-burst",
+        "100000",
+    ];
+    let (a, b) = (bridged_node(&redis, &churn), bridged_node(&redis, &[]));
     wait_bridge_up(&[&a, &b]).await;
     let topic = "room:churn";
     let mut a1 = a.connect().await;

@@ -18,14 +18,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use actix::prelude::*;
 use bytestring::ByteString;
 
+use crate::messages::Flush;
+
 /// Smallest frame the queue is sized for: it holds at most `budget / MIN_FRAME_BYTES` frames,
 /// so with frames at least this large the byte budget is what binds.
 pub const MIN_FRAME_BYTES: usize = 64;
-
-/// Wakes a session to hand its queued frames to the socket.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Flush;
 
 /// Why an offer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

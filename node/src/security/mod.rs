@@ -1,5 +1,11 @@
 //! Who may connect, join, push and publish: tokens, channel rules, the API key and origins.
+//!
+//! # Layout
+//! - [`token`]: HS256 connect tokens.
 
+pub mod token;
+
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use subtle::ConstantTimeEq as _;
@@ -7,13 +13,13 @@ use switchboard_core::{Access, ChannelRules};
 use tracing::warn;
 
 use crate::config::Config;
-use crate::token::{TokenError, TokenSecret};
+use token::{TokenError, TokenSecret};
 
 /// The node's access policy, built once from the configuration.
 #[derive(Debug, Clone)]
 pub struct Security {
     secret: Option<TokenSecret>,
-    rules: ChannelRules,
+    rules: Arc<ChannelRules>,
     api_key: Option<Vec<u8>>,
     allowed_origins: Vec<String>,
 }
@@ -65,7 +71,7 @@ impl Security {
         };
         Ok(Self {
             secret,
-            rules,
+            rules: Arc::new(rules),
             api_key: config.api_key.as_ref().map(|key| key.as_bytes().to_vec()),
             allowed_origins: config
                 .allowed_origins
@@ -90,7 +96,7 @@ impl Security {
 
     /// The channel rules in force.
     #[must_use]
-    pub const fn rules(&self) -> &ChannelRules {
+    pub const fn rules(&self) -> &Arc<ChannelRules> {
         &self.rules
     }
 

@@ -1,0 +1,298 @@
+//! The PostgreSQL adapter: `LISTEN`/`NOTIFY` on two connections.
+//!
+//! One connection only `LISTEN`s: it is polled as a stream of notifications, moved into the
+//! bridge's bounded [`Inbox`] as they arrive. A batch of subscription changes is one
+//! multi-statement `LISTEN "a";LISTEN "b";...` (one implicit transaction, so the backend
+//! applies all or none). The other connection publishes with a prepared
+//! `SELECT pg_notify($1, $2)`, pipelined in order, each its own transaction (PostgreSQL folds
+//! identical notifications sent in one transaction into one), with `synchronous_commit = off`:
+//! a notification is never durable, so waiting for the WAL flush would only slow it down.
+//! PostgreSQL says which backend process sent each notification, so this node recognises its
+//! own echo by the publishing connection's process id.
+//!
+//! # Layout
+//! - [`channel`]: topic → channel names (PostgreSQL's 63-byte identifier limit).
+
+pub mod channel;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::future::{self, join_all, LocalBoxFuture};
+use futures_util::{FutureExt as _, StreamExt as _};
+use switchboard_core::bridge::{EdgeOp, RequestError};
+use switchboard_core::Topic;
+use tokio::sync::oneshot;
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement};
+use tracing::debug;
+
+use super::backend::{Backend, Connected, Inbox, Outgoing, Received};
+use channel::{channel_name, quote_ident};
+
+/// The largest `pg_notify` payload: PostgreSQL requires it to be shorter than 8000 bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 7999;
+
+/// What the bridge publishes with.
+const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2)";
+
+/// The connections of one generation.
+pub struct PgLink {
+    listener: Client,
+    publisher: Client,
+    notify: Statement,
+}
+
+/// The PostgreSQL adapter.
+#[derive(Debug, Clone)]
+pub struct PostgresBackend {
+    config: tokio_postgres::Config,
+    prefix: Arc<str>,
+}
+
+/// Parses a `--database-url`: a `postgres://` / `postgresql://` URL or a `key=value`
+/// connection string, as libpq takes them.
+///
+/// # Errors
+/// The text is neither.
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_application_name().is_none() {
+        config.application_name("switchboard");
+    }
+    Ok(config)
+}
+
+impl PostgresBackend {
+    /// An adapter for the database at `url`, with channel = `prefix` + topic (mapped when
+    /// longer than 63 bytes, see [`channel`]).
+    ///
+    /// # Errors
+    /// The URL is not a valid connection string.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            config: parse_url(url)?,
+            prefix: prefix.into(),
+        })
+    }
+}
+
+/// A PostgreSQL error as the bridge machine sees it: an error the server reported refuses
+/// the request (the connection is fine), anything else means the connection is gone.
+fn classify(err: &tokio_postgres::Error) -> RequestError {
+    if err.as_db_error().is_some() && !err.is_closed() {
+        RequestError::Refused(err.to_string())
+    } else {
+        RequestError::Failed(err.to_string())
+    }
+}
+
+/// Drives a connection until it ends, then says why.
+fn drive(connection: Connection<Socket, NoTlsStream>) -> oneshot::Receiver<String> {
+    let (closed, why) = oneshot::channel();
+    actix::spawn(async move {
+        let reason = match connection.await {
+            Ok(()) => "closed".to_owned(),
+            Err(err) => err.to_string(),
+        };
+        let _ = closed.send(reason);
+    });
+    why
+}
+
+/// Drives the listening connection: polls it as a stream of messages and moves the
+/// notifications into `inbox`, marking those the process `own_pid` sent.
+fn listen(
+    mut connection: Connection<Socket, NoTlsStream>,
+    inbox: Inbox,
+    own_pid: i32,
+) -> oneshot::Receiver<String> {
+    let (closed, why) = oneshot::channel();
+    actix::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let reason = loop {
+            match messages.next().await {
+                Some(Ok(AsyncMessage::Notification(notification))) => {
+                    let received = Received {
+                        channel: notification.channel().to_owned(),
+                        body: notification.payload().as_bytes().to_vec(),
+                        from_self: notification.process_id() == own_pid,
+                    };
+                    if !inbox.offer(received) {
+                        return;
+                    }
+                }
+                Some(Ok(AsyncMessage::Notice(notice))) => debug!(%notice, "postgres notice"),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => break err.to_string(),
+                None => break "closed".to_owned(),
+            }
+        };
+        let _ = closed.send(reason);
+    });
+    why
+}
+
+impl Backend for PostgresBackend {
+    type Link = Rc<PgLink>;
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn channel(&self, topic: &Topic) -> String {
+        channel_name(&self.prefix, topic.as_str())
+    }
+
+    fn connect(
+        &self,
+        inbox: Inbox,
+    ) -> LocalBoxFuture<'static, Result<Connected<Rc<PgLink>>, String>> {
+        let config = self.config.clone();
+        async move {
+            let fail = |err: tokio_postgres::Error| err.to_string();
+            let (publisher, connection) = config.connect(NoTls).await.map_err(fail)?;
+            let publisher_closed = drive(connection);
+            publisher
+                .batch_execute("SET synchronous_commit = off")
+                .await
+                .map_err(fail)?;
+            let notify = publisher.prepare(NOTIFY_SQL).await.map_err(fail)?;
+            let own_pid: i32 = publisher
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map_err(fail)?
+                .get(0);
+            let (listener, connection) = config.connect(NoTls).await.map_err(fail)?;
+            let listener_closed = listen(connection, inbox, own_pid);
+            let closed = future::select(publisher_closed, listener_closed)
+                .map(|either| {
+                    let (which, why) = match either {
+                        future::Either::Left((why, _)) => ("publishing", why),
+                        future::Either::Right((why, _)) => ("listening", why),
+                    };
+                    format!(
+                        "the {which} connection ended: {}",
+                        why.unwrap_or_else(|_| "dropped".into())
+                    )
+                })
+                .boxed_local();
+            Ok(Connected {
+                link: Rc::new(PgLink {
+                    listener,
+                    publisher,
+                    notify,
+                }),
+                closed,
+            })
+        }
+        .boxed_local()
+    }
+
+    fn apply(
+        &self,
+        link: &Rc<PgLink>,
+        op: EdgeOp,
+        channels: Vec<String>,
+    ) -> LocalBoxFuture<'static, Result<(), RequestError>> {
+        let link = Rc::clone(link);
+        async move {
+            link.listener
+                .batch_execute(&listen_sql(op, &channels))
+                .await
+                .map_err(|err| classify(&err))
+        }
+        .boxed_local()
+    }
+
+    fn publish(
+        &self,
+        link: &Rc<PgLink>,
+        messages: Vec<Outgoing>,
+    ) -> LocalBoxFuture<'static, Result<Vec<Result<(), String>>, String>> {
+        let link = Rc::clone(link);
+        async move {
+            // join_all polls the futures in order the first time, which is when each sends
+            // its query: the pipeline keeps the publishing order.
+            let results = join_all(messages.iter().map(|message| {
+                link.publisher
+                    .execute_raw(&link.notify, [&message.channel, &message.body])
+            }))
+            .await;
+            results
+                .into_iter()
+                .map(|result| match result {
+                    Ok(_) => Ok(Ok(())),
+                    Err(err) => match classify(&err) {
+                        RequestError::Refused(reason) => Ok(Err(reason)),
+                        _ => Err(err.to_string()),
+                    },
+                })
+                .collect()
+        }
+        .boxed_local()
+    }
+
+    fn ping(&self, link: &Rc<PgLink>) -> LocalBoxFuture<'static, Result<(), String>> {
+        let link = Rc::clone(link);
+        async move {
+            let (listening, publishing) = future::join(
+                link.listener.simple_query("SELECT 1"),
+                link.publisher.simple_query("SELECT 1"),
+            )
+            .await;
+            listening
+                .map(|_| ())
+                .map_err(|err| format!("listening connection: {err}"))
+                .and(
+                    publishing
+                        .map(|_| ())
+                        .map_err(|err| format!("publishing connection: {err}")),
+                )
+        }
+        .boxed_local()
+    }
+}
+
+/// One SQL string with a `LISTEN` or `UNLISTEN` per channel, in order.
+fn listen_sql(op: EdgeOp, channels: &[String]) -> String {
+    let verb = match op {
+        EdgeOp::Subscribe => "LISTEN ",
+        EdgeOp::Unsubscribe => "UNLISTEN ",
+    };
+    let mut sql = String::new();
+    for channel in channels {
+        sql.push_str(verb);
+        sql.push_str(&quote_ident(channel));
+        sql.push(';');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_statements_quote_every_channel_in_order() {
+        let channels = ["room:1".to_owned(), r#"we"ird"#.to_owned()];
+        assert_eq!(
+            listen_sql(EdgeOp::Subscribe, &channels),
+            r#"LISTEN "room:1";LISTEN "we""ird";"#
+        );
+        assert_eq!(
+            listen_sql(EdgeOp::Unsubscribe, &channels[..1]),
+            r#"UNLISTEN "room:1";"#
+        );
+    }
+
+    #[test]
+    fn urls_and_connection_strings_parse() {
+        let config = parse_url("postgres://sb@127.0.0.1:5433/app").unwrap();
+        assert_eq!(config.get_application_name(), Some("switchboard"));
+        assert_eq!(config.get_ports(), [5433]);
+        let config = parse_url("host=/tmp port=5 user=x application_name=mine").unwrap();
+        assert_eq!(config.get_application_name(), Some("mine"));
+        assert!(parse_url("postgres://[bad").is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! HTTP routes: the WebSocket endpoint, publishing, health, readiness and metrics.
+//!
+//! # Layout
+//! - [`socket`]: `GET /socket/websocket`, the WebSocket upgrade.
+//! - [`publish`]: `POST /api/publish`.
+//! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+
+pub mod health;
+pub mod publish;
+pub mod socket;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use switchboard_core::connection::Limits;
+
+use crate::connections::ConnectionSlots;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::security::Security;
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The topic hub.
+    pub hub: Addr<Hub>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Limits every connection applies.
+    pub limits: Arc<Limits>,
+    /// Unsent bytes a socket may have queued.
+    pub send_buffer_bytes: usize,
+    /// Largest publish body.
+    pub max_publish_bytes: usize,
+    /// Set once shutdown has begun.
+    pub shutting_down: Arc<AtomicBool>,
+    /// The backend's name (`memory`, `redis`, `postgres`).
+    pub backend: &'static str,
+    /// Tokens, channel rules, API key, origins.
+    pub security: Arc<Security>,
+    /// The connection limit.
+    pub slots: ConnectionSlots,
+}
+
+/// Registers every route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/socket/websocket", web::get().to(socket::socket))
+        .route("/api/publish", web::post().to(publish::publish))
+        .route("/api/publish", web::route().to(method_not_allowed))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .default_service(web::to(not_found));
+}
+
+/// A JSON error body: `{"error":{"code":..,"message":..}}`.
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::build(status).json(json!({
+        "error": { "code": code, "message": message.to_string() }
+    }))
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((header::ALLOW, "POST"))
+        .json(json!({"error": {
+            "code": "method_not_allowed",
+            "message": "publish with POST /api/publish",
+        }}))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route for {} {}; see /socket/websocket, /api/publish, /healthz, /readyz, /metrics",
+            req.method(),
+            req.path()
+        ),
+    )
+}

@@ -1,0 +1,140 @@
+//! `GET /socket/websocket`: checks the version, the node's state, the origin, the token and
+//! the connection limit, then upgrades to a WebSocket served by a session.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use tracing::debug;
+
+use super::{error, AppState};
+use crate::metrics;
+use crate::session::WsSession;
+use crate::transport;
+
+/// The only protocol version spoken: Phoenix Channels V2 JSON.
+pub const PROTOCOL_VSN: &str = "2.0.0";
+
+/// The socket's query parameters. Parsed leniently, as phoenix.js clients expect: unknown
+/// or malformed parameters are ignored and the first `vsn` and `token` win.
+#[derive(Debug, Default)]
+struct SocketQuery {
+    vsn: Option<String>,
+    token: Option<String>,
+}
+
+impl SocketQuery {
+    fn parse(query: &str) -> Self {
+        let mut parsed = Self::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let slot = match key.as_ref() {
+                "vsn" => &mut parsed.vsn,
+                "token" => &mut parsed.token,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value.into_owned());
+            }
+        }
+        parsed
+    }
+}
+
+pub(super) async fn socket(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let query = SocketQuery::parse(req.query_string());
+    match query.vsn.as_deref() {
+        Some(PROTOCOL_VSN) => {}
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_vsn",
+                format!(
+                    "protocol version {other:?} is not supported; use vsn=2.0.0 (Phoenix V2 JSON)"
+                ),
+            )
+        }
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "missing_vsn",
+                "the vsn query parameter is required; use vsn=2.0.0 (Phoenix V2 JSON)",
+            )
+        }
+    }
+    if state.shutting_down.load(Ordering::Relaxed) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is shutting down",
+        );
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|value| value.to_str().unwrap_or("\u{fffd}"));
+    if !state.security.origin_allowed(origin) {
+        metrics::add(&state.metrics.unauthorized, 1);
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open a socket here",
+        );
+    }
+    let identity = match state.security.authenticate(query.token.as_deref()) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            metrics::add(&state.metrics.unauthorized, 1);
+            debug!(%reason, "socket refused");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid token is required (the token query parameter)",
+            );
+        }
+    };
+    let Some(slot) = state.slots.try_acquire() else {
+        metrics::add(&state.metrics.refused_connections, 1);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!(
+                "the node holds its limit of {} connections; retry later or elsewhere",
+                state.slots.limit()
+            ),
+        );
+    };
+    let session = WsSession::new(
+        state.hub.clone(),
+        state.limits.clone(),
+        state.security.rules().clone(),
+        identity.user,
+        state.send_buffer_bytes,
+        state.metrics.clone(),
+        slot,
+    );
+    match transport::upgrade(session, &req, payload, state.limits.max_frame_bytes) {
+        Ok(response) => response,
+        Err(err) => error(
+            StatusCode::BAD_REQUEST,
+            "not_a_websocket_upgrade",
+            format!("{err}; connect with a WebSocket client"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_query_is_lenient_and_first_wins() {
+        let query = SocketQuery::parse("vsn=2.0.0&%zz=%&vsn=1.0.0&token=a%2Bb");
+        assert_eq!(query.vsn.as_deref(), Some("2.0.0"));
+        assert_eq!(query.token.as_deref(), Some("a+b"));
+        assert_eq!(SocketQuery::parse("").vsn, None);
+    }
+}

@@ -1,0 +1,93 @@
+//! The messages that cross between actors of different layers, kept in this leaf module so
+//! that no layer imports another to talk to it: the hub hands sessions their deliveries and
+//! close orders through these, and the hub and the bridge talk only through them (each holds
+//! the other's `Recipient`s), so either can be tested without the other.
+
+use actix::prelude::*;
+use switchboard_core::bridge::{EdgeOp, PublishOutcome, WaitOutcome};
+use switchboard_core::connection::{PublishAnswer, PushAck};
+use switchboard_core::{Payload, Topic};
+use tokio::sync::oneshot;
+
+/// The event a message is delivered as when it names none (an HTTP publish without `event`,
+/// a raw message from Redis or PostgreSQL).
+pub const DEFAULT_EVENT: &str = "message";
+
+/// Tells a session to close its socket with `code` and `reason`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+}
+
+/// Wakes a session to hand its queued deliveries to the socket.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+/// Hub → bridge: a 0↔1 edge of the registry, in the order the registry produced it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UpstreamEdge {
+    /// The topic.
+    pub topic: Topic,
+    /// `Subscribe` on its first local subscriber, `Unsubscribe` on its last.
+    pub op: EdgeOp,
+}
+
+/// Hub → bridge: a join waits until `topic`'s subscription is in effect upstream. Sent after
+/// the join's own edge, if it made one.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UpstreamWait {
+    /// The topic.
+    pub topic: Topic,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<WaitOutcome>,
+}
+
+/// Hub → bridge: a message published on this node (already delivered to its own
+/// subscribers) for every other node.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UpstreamPublish {
+    /// The topic.
+    pub topic: Topic,
+    /// The event name.
+    pub event: String,
+    /// The message.
+    pub payload: Payload,
+    /// Where the outcome goes.
+    pub ack: oneshot::Sender<PublishOutcome>,
+}
+
+/// Bridge → hub: a message from another node or producer, for this node's subscribers.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Incoming {
+    /// The topic.
+    pub topic: Topic,
+    /// The event name.
+    pub event: String,
+    /// The message.
+    pub payload: Payload,
+}
+
+/// Server → bridge: the node is shutting down. Answered once everything accepted has been
+/// published (or could not be).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Hub → session: what became of a push whose client asked for a reply.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PushAnswered {
+    /// The push, as the engine identifies it.
+    pub ack: PushAck,
+    /// What became of it.
+    pub answer: PublishAnswer,
+}
