@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Fuzz smoke test: runs every cargo-fuzz target for N seconds on a temporary copy of its
 # committed seed corpus (so the committed corpora never grow), prints each target's total
-# executions, and fails loudly on a crash.
+# executions, and fails loudly on a crash, or when a target's execution count is missing or
+# below a floor (a target that silently stopped running proves nothing).
 #
 # Usage: fuzz/smoke.sh [SECONDS]      (default: $FUZZ_SECONDS, else 30)
 #        FUZZ_SANITIZER=none fuzz/smoke.sh   (default: address)
+#        FUZZ_MIN_EXECUTIONS=N fuzz/smoke.sh (default: 1000 per target)
 # Needs a nightly toolchain and cargo-fuzz (`cargo +nightly fuzz`).
 set -euo pipefail
 
 seconds="${1:-${FUZZ_SECONDS:-30}}"
 sanitizer="${FUZZ_SANITIZER:-address}"
+min_executions="${FUZZ_MIN_EXECUTIONS:-1000}"
 if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
     echo "smoke.sh: seconds must be a positive integer, got '$seconds'" >&2
     exit 2
@@ -52,7 +55,11 @@ for target in "${targets[@]}"; do
     fi
     executions[$target]="${count:-unknown}"
 
-    if [ "$status" -ne 0 ] || grep -qE '^==[0-9]+== ?ERROR|^SUMMARY: libFuzzer|panicked at' "$log"; then
+    if [ "$status" -eq 0 ] && ! [[ "$count" =~ ^[0-9]+$ && "$count" -ge "$min_executions" ]]; then
+        failed+=("$target")
+        echo "!!!!!!!! $target ran ${count:-an unknown number of} executions; the floor is $min_executions; log tail:" >&2
+        tail -n 30 "$log" >&2
+    elif [ "$status" -ne 0 ] || grep -qE '^==[0-9]+== ?ERROR|^SUMMARY: libFuzzer|panicked at' "$log"; then
         failed+=("$target")
         echo "!!!!!!!! $target FAILED (exit $status) after ${count:-?} executions; log tail:" >&2
         tail -n 60 "$log" >&2

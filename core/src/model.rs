@@ -221,6 +221,24 @@ pub fn check_ops(ops: &[Op], limit: usize) -> Result<u64, Divergence> {
                 let topic = pick_topic(topic);
                 let mut routed: Vec<SessionId> = registry.subscribers(topic.as_str()).collect();
                 routed.sort_unstable();
+                // The node routes through `for_each_subscriber` and counts first with
+                // `subscriber_count`: both must agree with the iterator.
+                let mut visited = Vec::new();
+                let count = registry.for_each_subscriber(topic.as_str(), |id| visited.push(id));
+                visited.sort_unstable();
+                if visited != routed || count != routed.len() {
+                    return Err(fail(format!(
+                        "for_each_subscriber visited {visited:?} (returned {count}), \
+                         subscribers {routed:?}"
+                    )));
+                }
+                if registry.subscriber_count(topic.as_str()) != routed.len() {
+                    return Err(fail(format!(
+                        "subscriber_count {} but {} subscribers",
+                        registry.subscriber_count(topic.as_str()),
+                        routed.len()
+                    )));
+                }
                 let expected: Vec<SessionId> = model
                     .topics
                     .get(topic)

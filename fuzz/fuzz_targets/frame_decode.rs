@@ -1,9 +1,14 @@
-//! Fuzz target: arbitrary bytes through the frame decoders. Decoding must never panic, and a
-//! frame or request that decodes must re-encode to text that decodes equal.
+//! Fuzz target: arbitrary bytes through the frame decoders, the one the node uses on every
+//! client frame (`decode_request_addressed`) included. Decoding must never panic, a frame or
+//! request that decodes must re-encode to text that decodes equal, and a rejection that can be
+//! answered must name the frame's own addressing.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchboard_core::{decode_frame, decode_frame_bytes, decode_request, DEFAULT_MAX_FRAME_BYTES};
+use switchboard_core::{
+    decode_frame, decode_frame_bytes, decode_request, decode_request_addressed,
+    DEFAULT_MAX_FRAME_BYTES,
+};
 
 const MAX: usize = DEFAULT_MAX_FRAME_BYTES;
 
@@ -27,6 +32,21 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let request = decode_request(text, MAX);
+    let addressed = decode_request_addressed(text, MAX);
+    match (&addressed, &request) {
+        (Ok(a), Ok(r)) => assert_eq!(a, r, "the two request decoders disagree"),
+        (Err(rejected), Err(err)) => {
+            assert_eq!(&rejected.error, err, "the two request decoders disagree");
+            if let Some(to) = &rejected.reply_to {
+                // An answerable rejection came from a well-formed array: its addressing is
+                // the frame's own.
+                let parts: Vec<serde_json::Value> =
+                    serde_json::from_str(text).expect("an answerable frame is a JSON array");
+                assert_eq!(parts[2].as_str(), Some(to.topic.as_str()));
+            }
+        }
+        _ => panic!("the two request decoders disagree: {addressed:?} vs {request:?}"),
+    }
     match (&request, &frame) {
         (Ok(request), Ok(frame)) => {
             assert_eq!(request.topic, frame.topic);

@@ -44,6 +44,8 @@
 mod backoff;
 mod config;
 mod io;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

@@ -39,6 +39,8 @@
 
 mod io;
 mod limits;
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 pub mod reasons;
 
 use std::collections::{HashMap, VecDeque};
