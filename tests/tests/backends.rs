@@ -59,10 +59,7 @@ impl Cluster {
         };
         // Unsubscribe soon after the last local subscriber leaves, so the test sees it.
         let mut args = args;
-        args.extend([
-            "--unsubscribe-linger".to_owned(),
-            LINGER_ARG.to_owned(),
-        ]);
+        args.extend(["--unsubscribe-linger".to_owned(), LINGER_ARG.to_owned()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let a = Node::start(&args);
         let b = (kind != Kind::Memory).then(|| Node::start(&args));

@@ -14,7 +14,15 @@ use switchboard_e2e::{http, Node, PhxFrame as _, PATIENCE};
 /// A Redis user that may use every key but only the channels `allowed:*`.
 fn limited_user(server: &RedisServer) -> String {
     server.cli(&[
-        "ACL", "SETUSER", "limited", "on", ">pw", "~*", "resetchannels", "&allowed:*", "+@all",
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        ">pw",
+        "~*",
+        "resetchannels",
+        "&allowed:*",
+        "+@all",
     ]);
     format!("redis://limited:pw@127.0.0.1:{}", server.port())
 }
@@ -30,7 +38,9 @@ async fn a_refused_subscription_fails_its_join_with_the_reason_and_nothing_else(
     let reply = client.join("secret:1").await;
     assert_eq!(reply.status(), "error", "{reply}");
     assert!(
-        reply.reason().starts_with("the backend refused the subscription")
+        reply
+            .reason()
+            .starts_with("the backend refused the subscription")
             && reply.reason().to_lowercase().contains("noperm"),
         "{reply}"
     );
@@ -47,7 +57,9 @@ async fn a_refused_subscription_fails_its_join_with_the_reason_and_nothing_else(
         let _ = others[n].send_join(&topic, json!({})).await;
     }
     for (n, other) in others.iter_mut().enumerate() {
-        let reply = other.recv_until("join reply", |f| f.event() == "phx_reply").await;
+        let reply = other
+            .recv_until("join reply", |f| f.event() == "phx_reply")
+            .await;
         if n == 2 {
             assert_eq!(reply.status(), "error", "{reply}");
         } else {
@@ -57,7 +69,10 @@ async fn a_refused_subscription_fails_its_join_with_the_reason_and_nothing_else(
     // The link never went down, and the refused topic is not subscribed nor in the registry.
     let ready = node.get("/readyz").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
-    assert_eq!(node.metric("switchboard_bridge_reconnects_total").await, 0.0);
+    assert_eq!(
+        node.metric("switchboard_bridge_reconnects_total").await,
+        0.0
+    );
     assert_eq!(server.numsub("secret:1"), 0);
     let published = http::publish(node.addr(), "secret:1", None, &json!({})).await;
     assert_eq!(published.json()["recipients"], 0, "{}", published.text());
