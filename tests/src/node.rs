@@ -46,6 +46,14 @@ pub const CONFIG_ENV_VARS: &[&str] = &[
     "MAX_TOPIC_BYTES",
     "PUSH_RATE",
     "PUSH_BURST",
+    "JOIN_RATE",
+    "JOIN_BURST",
+    "ENVELOPE",
+    "SUBSCRIBE_TIMEOUT",
+    "BACKEND_TIMEOUT",
+    "UNSUBSCRIBE_LINGER",
+    "BRIDGE_QUEUE_MESSAGES",
+    "BRIDGE_QUEUE_BYTES",
 ];
 
 /// How a terminated node ended.
