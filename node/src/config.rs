@@ -553,10 +553,11 @@ impl Config {
             })?;
         }
         if let Some(url) = &self.database_url {
-            crate::bridge::postgres::parse_url(url).map_err(|err| ConfigError::Value {
-                key: "database-url".into(),
-                message: err.to_string(),
-            })?;
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|err| ConfigError::Value {
+                    key: "database-url".into(),
+                    message: err.to_string(),
+                })?;
         }
         Ok(())
     }

@@ -2,18 +2,18 @@
 //!
 //! `actix-web-actors` is deprecated upstream in favour of `actix-ws`; moving means rewriting
 //! this file. Sessions use only what it exports: the context type, the incoming message types
-//! and [`upgrade`].
+//! and [`upgrade`]. It knows nothing of the session itself (any actor that handles the
+//! socket's messages can be served), so the session layer sits above it.
 
+use actix::{Actor, StreamHandler};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
 pub use actix_http::ws::Item;
 pub use actix_web_actors::ws::{CloseCode, CloseReason, Message, ProtocolError};
 
-use crate::session::WsSession;
-
-/// The context a session actor runs in.
-pub type SocketContext = ws::WebsocketContext<WsSession>;
+/// The context an actor serving a socket runs in.
+pub type SocketContext<A> = ws::WebsocketContext<A>;
 
 /// Largest close reason the WebSocket protocol allows, in bytes.
 const MAX_CLOSE_REASON_BYTES: usize = 123;
@@ -23,12 +23,15 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 ///
 /// # Errors
 /// The handshake error (not a WebSocket upgrade request) as an HTTP error response.
-pub fn upgrade(
-    session: WsSession,
+pub fn upgrade<A>(
+    session: A,
     req: &HttpRequest,
     payload: web::Payload,
     max_frame_bytes: usize,
-) -> Result<HttpResponse, actix_web::Error> {
+) -> Result<HttpResponse, actix_web::Error>
+where
+    A: Actor<Context = SocketContext<A>> + StreamHandler<Result<Message, ProtocolError>>,
+{
     ws::WsResponseBuilder::new(session, req, payload)
         .frame_size(max_frame_bytes)
         .start()
@@ -36,7 +39,10 @@ pub fn upgrade(
 
 /// Sends a close frame with `code` and `reason` (cut to the protocol's 123 bytes on a
 /// character boundary).
-pub fn close(ctx: &mut SocketContext, code: u16, reason: &str) {
+pub fn close<A>(ctx: &mut SocketContext<A>, code: u16, reason: &str)
+where
+    A: Actor<Context = SocketContext<A>>,
+{
     let mut end = reason.len().min(MAX_CLOSE_REASON_BYTES);
     while !reason.is_char_boundary(end) {
         end -= 1;

@@ -22,7 +22,10 @@ use crate::hub::outbox::{FrameQueue, Outbox};
 use crate::hub::{Connect, Disconnect, Hub, Publish, PushPublish, Subscribe, Unsubscribe};
 use crate::messages::{CloseSession, Flush, PushAnswered};
 use crate::metrics::{self, Metrics};
-use crate::transport::{self, Item, Message, ProtocolError, SocketContext};
+use crate::transport::{self, Item, Message, ProtocolError};
+
+/// The context a session runs in.
+type SocketContext = transport::SocketContext<WsSession>;
 
 /// Messages a session's mailbox holds: deliveries do not go through it (they wait in the
 /// session's [`FrameQueue`] and at most one [`Flush`] is outstanding), so this bounds only
