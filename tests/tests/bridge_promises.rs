@@ -13,7 +13,7 @@ use switchboard_e2e::{http, Node, PhxFrame as _, PATIENCE};
 
 /// A Redis user that may use every key but only the channels `allowed:*`.
 fn limited_user(server: &RedisServer) -> String {
-    server.cli(&[
+    let _ = server.cli(&[
         "ACL",
         "SETUSER",
         "limited",
