@@ -14,6 +14,11 @@ use crate::{Topic, TopicError};
 /// The default largest text frame accepted from a client: 64 KiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 
+/// The longest `join_ref` or `ref` accepted, in bytes. phoenix.js sends short counters
+/// (`"1"`, `"2"`, ...); a server keeps a membership's `join_ref` for as long as it lasts, so a
+/// longer ref would let one client hold memory per joined topic.
+pub const MAX_REF_BYTES: usize = 64;
+
 /// A position in `[join_ref, ref, topic, event, payload]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -95,6 +100,16 @@ pub enum DecodeError {
         /// Which element.
         field: Field,
     },
+    /// A `join_ref` or `ref` is longer than [`MAX_REF_BYTES`].
+    #[error("{field} is {len} bytes long; the limit is {max} bytes")]
+    RefTooLong {
+        /// Which element.
+        field: Field,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A client request's payload is not a JSON object.
     #[error("payload must be a JSON object")]
     PayloadNotObject,
@@ -124,6 +139,7 @@ impl DecodeError {
             Self::WrongLength { .. } => "wrong_length",
             Self::WrongType { .. } => "wrong_type",
             Self::InvalidString { .. } => "invalid_string",
+            Self::RefTooLong { .. } => "ref_too_long",
             Self::PayloadNotObject => "payload_not_object",
             Self::InvalidTopic(_) => "invalid_topic",
             Self::EmptyEvent => "empty_event",
@@ -139,6 +155,9 @@ impl DecodeError {
 /// [`DecodeError`] names the first problem found.
 pub fn decode_frame(text: &str, max_bytes: usize) -> Result<Frame, DecodeError> {
     let raw = decode_structure(text, max_bytes)?;
+    if let Some(error) = raw.ref_too_long() {
+        return Err(error);
+    }
     let topic = Topic::try_from(raw.topic)?;
     if raw.event.is_empty() {
         return Err(DecodeError::EmptyEvent);
@@ -159,6 +178,25 @@ struct RawFrame<'a> {
     topic: String,
     event: String,
     payload: &'a RawValue,
+}
+
+impl RawFrame<'_> {
+    /// The first ref over [`MAX_REF_BYTES`], as an error.
+    fn ref_too_long(&self) -> Option<DecodeError> {
+        [
+            (Field::JoinRef, &self.join_ref),
+            (Field::Ref, &self.msg_ref),
+        ]
+        .into_iter()
+        .find_map(|(field, value)| {
+            let len = value.as_ref().map_or(0, String::len);
+            (len > MAX_REF_BYTES).then_some(DecodeError::RefTooLong {
+                field,
+                len,
+                max: MAX_REF_BYTES,
+            })
+        })
+    }
 }
 
 fn decode_structure(text: &str, max_bytes: usize) -> Result<RawFrame<'_>, DecodeError> {
@@ -260,6 +298,18 @@ pub fn decode_request_addressed(text: &str, max_bytes: usize) -> Result<ClientFr
             topic: raw.topic,
         }),
     };
+    if let Some(error) = raw.ref_too_long() {
+        // Answered, but without echoing a ref that is too long to keep.
+        let short = |value: Option<String>| value.filter(|v| v.len() <= MAX_REF_BYTES);
+        return Err(Rejected {
+            error,
+            reply_to: Some(ReplyTo {
+                join_ref: short(raw.join_ref),
+                msg_ref: short(raw.msg_ref),
+                topic: raw.topic,
+            }),
+        });
+    }
     let topic = match Topic::new(&raw.topic) {
         Ok(topic) => topic,
         Err(err) => return Err(reject(err.into(), raw)),
@@ -498,6 +548,31 @@ mod tests {
     use super::*;
 
     const MAX: usize = DEFAULT_MAX_FRAME_BYTES;
+
+    #[test]
+    fn refs_over_the_limit_are_refused_and_never_echoed() {
+        let long = "9".repeat(MAX_REF_BYTES + 1);
+        let fits = "9".repeat(MAX_REF_BYTES);
+        let text = format!(r#"["{long}","2","room:1","phx_join",{{}}]"#);
+        let rejected = decode_request_addressed(&text, MAX).unwrap_err();
+        assert_eq!(
+            rejected.error,
+            DecodeError::RefTooLong {
+                field: Field::JoinRef,
+                len: MAX_REF_BYTES + 1,
+                max: MAX_REF_BYTES
+            }
+        );
+        assert_eq!(rejected.error.code(), "ref_too_long");
+        let to = rejected.reply_to.unwrap();
+        assert_eq!((to.join_ref, to.msg_ref.as_deref()), (None, Some("2")));
+        let text = format!(r#"["1","{long}","room:1","m",{{}}]"#);
+        let rejected = decode_request_addressed(&text, MAX).unwrap_err();
+        assert_eq!(rejected.reply_to.unwrap().msg_ref, None);
+        assert!(decode_frame(&text, MAX).is_err(), "either direction");
+        let text = format!(r#"["{fits}","{fits}","room:1","m",{{}}]"#);
+        assert!(decode_request(&text, MAX).is_ok());
+    }
 
     fn request(text: &str) -> Result<ClientFrame, DecodeError> {
         decode_request(text, MAX)

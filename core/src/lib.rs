@@ -42,7 +42,7 @@ pub mod topic;
 pub use codec::{
     decode_frame, decode_frame_bytes, decode_request, decode_request_addressed, encode_broadcast,
     encode_close, encode_parts, encode_reply, DecodeError, Field, Rejected, ReplyTo, SharedFrame,
-    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_FRAME_BYTES, MAX_REF_BYTES,
 };
 pub use frame::{events, ClientFrame, Frame, Payload, Reply, Request, HEARTBEAT_TOPIC};
 pub use rate::TokenBucket;
