@@ -28,6 +28,11 @@ pub enum TopicError {
         /// Byte offset of the first control character.
         position: usize,
     },
+    /// The topic starts with `__`, which is reserved: on a shared Redis such names are the
+    /// server's own channels (`__keyspace@0__:...`, `__redis__:invalidate`), outside the
+    /// node's channel space.
+    #[error("topic starts with \"__\", which is reserved for the backend's own channels")]
+    Reserved,
 }
 
 impl TopicError {
@@ -39,11 +44,13 @@ impl TopicError {
             Self::Empty => "topic_empty",
             Self::TooLong { .. } => "topic_too_long",
             Self::ControlCharacter { .. } => "topic_control_character",
+            Self::Reserved => "topic_reserved",
         }
     }
 }
 
-/// A topic name: non-empty UTF-8, at most [`MAX_TOPIC_BYTES`] bytes, no control characters.
+/// A topic name: non-empty UTF-8, at most [`MAX_TOPIC_BYTES`] bytes, no control characters,
+/// not starting with `__` (reserved for the backend's own channels).
 ///
 /// Cloning is cheap (a reference count), so the registry can keep a topic in both of its
 /// indexes without copying the text. A topic's *namespace* is the part before the first `:`
@@ -99,6 +106,9 @@ pub fn validate(name: &str) -> Result<(), TopicError> {
     }
     if let Some((position, _)) = name.char_indices().find(|(_, c)| c.is_control()) {
         return Err(TopicError::ControlCharacter { position });
+    }
+    if name.starts_with("__") {
+        return Err(TopicError::Reserved);
     }
     Ok(())
 }
@@ -167,6 +177,16 @@ mod tests {
         let nested = Topic::new("room:a:b").unwrap();
         assert_eq!(nested.namespace(), "room");
         assert_eq!(nested.key(), Some("a:b"));
+    }
+
+    #[test]
+    fn names_reserved_for_the_backend_are_refused() {
+        for name in ["__keyspace@0__:auditlog:1", "__redis__:invalidate", "__"] {
+            assert_eq!(Topic::new(name), Err(TopicError::Reserved), "{name}");
+        }
+        assert_eq!(TopicError::Reserved.code(), "topic_reserved");
+        assert!(Topic::new("_private:1").is_ok(), "one underscore is fine");
+        assert!(Topic::new("a__b").is_ok());
     }
 
     #[test]
