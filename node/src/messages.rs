@@ -13,6 +13,11 @@ use tokio::sync::oneshot;
 /// a raw message from Redis or PostgreSQL).
 pub const DEFAULT_EVENT: &str = "message";
 
+/// Events with this prefix belong to the protocol (`phx_reply`, `phx_close`, `phx_error`,
+/// `phx_join`, `phx_leave`): no publisher may send them to subscribers, from any ingress
+/// (HTTP, the backend; a socket's push of one is a join, a leave or refused by the codec).
+pub const RESERVED_PREFIX: &str = "phx_";
+
 /// Tells a session to close its socket with `code` and `reason`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

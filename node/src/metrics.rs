@@ -43,6 +43,8 @@ pub struct Metrics {
     /// Messages from the backend this node dropped because it could not take them as fast as
     /// they came (its bounded queues were full).
     pub bridge_dropped: AtomicU64,
+    /// Messages from the backend refused because they name an event only the server may send.
+    pub bridge_refused: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -70,7 +72,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 18] = [
             (
                 "switchboard_connections",
                 "gauge",
@@ -173,6 +175,12 @@ impl Metrics {
                 "Messages from the backend dropped because this node could not take them fast enough.",
                 &self.bridge_dropped,
             ),
+            (
+                "switchboard_bridge_refused_total",
+                "counter",
+                "Messages from the backend refused: they named an event only the server may send.",
+                &self.bridge_refused,
+            ),
         ];
         let mut out = String::with_capacity(1024);
         for (name, kind, help, value) in rows {
@@ -201,6 +209,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 17);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 18);
     }
 }

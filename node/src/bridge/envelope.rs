@@ -24,6 +24,7 @@ use switchboard_core::{Payload, Topic};
 
 use crate::config::EnvelopeFormat;
 pub use crate::messages::DEFAULT_EVENT;
+use crate::messages::RESERVED_PREFIX;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +53,21 @@ struct PyviewMessage<'a> {
     event: Option<&'a str>,
     #[serde(default, borrow)]
     origin: Option<&'a str>,
+}
+
+/// What became of a message read from the shared channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// Deliver it to the local subscribers.
+    Deliver(Decoded),
+    /// This node's own message, back from the backend: already delivered here.
+    Echo,
+    /// Refused: it names an event only the server may send (`phx_reply`, `phx_close`, ...),
+    /// which would make phoenix.js clients act on a reply or drop their channel.
+    Refused {
+        /// The event it named.
+        event: String,
+    },
 }
 
 /// A message read from the shared channel, for local delivery.
@@ -149,10 +165,20 @@ impl Format {
         }
     }
 
-    /// Decodes what arrived; `None` for this node's own echo (`from_self`: the backend says
-    /// this node's connection sent it).
+    /// Reads what arrived (`from_self`: the backend says this node's connection sent it).
     #[must_use]
-    pub fn decode(&self, bytes: &[u8], from_self: bool) -> Option<Decoded> {
+    pub fn read(&self, bytes: &[u8], from_self: bool) -> Read {
+        match self.decode(bytes, from_self) {
+            None => Read::Echo,
+            Some(decoded) if decoded.event.starts_with(RESERVED_PREFIX) => Read::Refused {
+                event: decoded.event,
+            },
+            Some(decoded) => Read::Deliver(decoded),
+        }
+    }
+
+    /// Decodes what arrived; `None` for this node's own echo.
+    fn decode(&self, bytes: &[u8], from_self: bool) -> Option<Decoded> {
         if from_self {
             return None;
         }
@@ -230,6 +256,28 @@ mod tests {
         Format::Switchboard {
             origin: origin.into(),
         }
+    }
+
+    #[test]
+    fn server_only_events_from_the_backend_are_refused() {
+        let format = switchboard("me");
+        for event in ["phx_reply", "phx_close", "phx_error", "phx_join"] {
+            let text = format!(r#"{{"switchboard":{{"event":"{event}"}},"payload":{{}}}}"#);
+            assert_eq!(
+                format.read(text.as_bytes(), false),
+                Read::Refused {
+                    event: event.into()
+                }
+            );
+        }
+        let pyview = Format::new(EnvelopeFormat::Pyview, "redis", "me".into());
+        let text = r#"{"topic":"t","message":{},"event":"phx_close"}"#;
+        assert!(matches!(
+            pyview.read(text.as_bytes(), false),
+            Read::Refused { .. }
+        ));
+        assert!(matches!(format.read(b"{}", false), Read::Deliver(_)));
+        assert_eq!(format.read(b"{}", true), Read::Echo);
     }
 
     fn topic() -> Topic {

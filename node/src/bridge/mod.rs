@@ -37,7 +37,7 @@ use crate::messages::{Drain, Incoming, UpstreamEdge, UpstreamPublish, UpstreamWa
 use crate::metrics::{self, Metrics};
 pub use backend::Backend;
 use backend::{Connected, Inbox, Outgoing, Received};
-use envelope::Format;
+use envelope::{Format, Read};
 
 /// Messages a bridge's mailbox holds; the hub counts a publish it cannot queue as lost.
 pub const BRIDGE_MAILBOX_CAPACITY: usize = 64 * 1024;
@@ -301,8 +301,14 @@ impl<B: Backend> BridgeActor<B> {
             debug!(channel = %received.channel, "message on a channel not subscribed");
             return;
         };
-        let Some(decoded) = self.format.decode(&received.body, received.from_self) else {
-            return;
+        let decoded = match self.format.read(&received.body, received.from_self) {
+            Read::Deliver(decoded) => decoded,
+            Read::Echo => return,
+            Read::Refused { event } => {
+                metrics::add(&self.metrics.bridge_refused, 1);
+                debug!(channel = %received.channel, %event, "message with a server-only event refused");
+                return;
+            }
         };
         metrics::add(&self.metrics.bridge_received, 1);
         let incoming = Incoming {

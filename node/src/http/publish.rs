@@ -10,7 +10,7 @@ use switchboard_core::{Payload, Topic};
 
 use super::{error, AppState};
 use crate::hub::{Publish, Published, UpstreamOutcome};
-use crate::messages::DEFAULT_EVENT;
+use crate::messages::{DEFAULT_EVENT, RESERVED_PREFIX};
 use crate::metrics;
 
 /// The body of `POST /api/publish`.
@@ -150,7 +150,7 @@ fn parse_publish(bytes: &[u8]) -> Result<Publish, (&'static str, String)> {
     if event.is_empty() {
         return Err(("invalid_event", "event is empty".into()));
     }
-    if event.starts_with("phx_") {
+    if event.starts_with(RESERVED_PREFIX) {
         return Err((
             "invalid_event",
             format!("event {event:?} is reserved by the protocol"),
