@@ -68,6 +68,11 @@ pub struct Config {
     #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 1024 * 1024, value_name = "BYTES", value_parser = at_least_one)]
     pub send_buffer_bytes: usize,
 
+    /// A client connection that takes no data for this long while the node has data for it
+    /// (a client that stopped reading) is closed by the node.
+    #[arg(long, env = "WRITE_TIMEOUT", default_value = "10s", value_parser = positive_duration, value_name = "DURATION")]
+    pub write_timeout: Duration,
+
     /// Largest POST /api/publish body, in bytes; a larger one gets 413.
     #[arg(long, env = "MAX_PUBLISH_BYTES", default_value_t = 64 * 1024, value_name = "BYTES", value_parser = at_least_one)]
     pub max_publish_bytes: usize,

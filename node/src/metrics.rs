@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     /// Open WebSocket connections (counted by the sessions).
     pub connections: AtomicU64,
+    /// Sessions registered with the hub (set by the hub).
+    pub sessions: AtomicU64,
     /// Topics with at least one local subscriber (set by the hub).
     pub topics: AtomicU64,
     /// (socket, topic) pairs (set by the hub).
@@ -72,12 +74,18 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 18] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 19] = [
             (
                 "switchboard_connections",
                 "gauge",
                 "Open WebSocket connections.",
                 &self.connections,
+            ),
+            (
+                "switchboard_sessions",
+                "gauge",
+                "Sessions registered with the hub (a socket that went away is forgotten within a second).",
+                &self.sessions,
             ),
             (
                 "switchboard_topics",
@@ -209,6 +217,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 18);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 19);
     }
 }

@@ -10,7 +10,11 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher as _, Hasher as _};
 
 use actix::{Actor as _, Addr, Arbiter, AsyncContext as _, Recipient};
-use actix_web::{web, App, HttpServer};
+use actix_http::{HttpService, Protocol};
+use actix_service::{fn_service, map_config, IntoServiceFactory as _, ServiceFactoryExt as _};
+use actix_web::dev::AppConfig;
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, App};
 use anyhow::Context as _;
 use switchboard_core::bridge::BridgeConfig;
 use tracing::{info, warn};
@@ -27,11 +31,33 @@ use crate::hub::{CloseAll, Hub};
 use crate::messages::Drain;
 use crate::metrics::Metrics;
 use crate::security::Security;
+use crate::transport::stall::Stall;
 
-/// A socket whose sent data stays unacknowledged this long (a peer that stopped reading, or
-/// vanished) is dropped by the kernel. This is what finally frees a slow consumer whose
-/// session cannot even be polled to send its close frame.
-pub const STALLED_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections waiting to be accepted.
+const BACKLOG: i32 = 2048;
+
+/// The listening socket on `addr`, with address reuse and a deep accept queue.
+fn listen(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .context("cannot create the listening socket")?;
+    socket
+        .set_reuse_address(true)
+        .context("cannot set SO_REUSEADDR")?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket
+        .listen(BACKLOG)
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket
+        .set_nonblocking(true)
+        .context("cannot make the listening socket non-blocking")?;
+    Ok(socket.into())
+}
 
 /// Runs the node until Ctrl-C or SIGTERM, then closes every socket with 1001, lets the
 /// bridge publish what it accepted, and returns.
@@ -70,26 +96,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         slots: ConnectionSlots::new(max_connections),
     };
     let data = web::Data::new(state);
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(http::routes))
-        .on_connect(|connection, _| {
-            if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let socket = socket2::SockRef::from(stream);
+    let listener = listen(config.bind)?;
+    let addr = listener
+        .local_addr()
+        .context("the listening socket has no address")?;
+    let write_timeout = config.write_timeout;
+    let server = actix_server::Server::build()
+        .listen("switchboard", listener, move || {
+            let app = App::new().app_data(data.clone()).configure(http::routes);
+            let service = HttpService::build()
+                // Drop a connection as soon as its response (a WebSocket after the close
+                // handshake) has been written, instead of waiting for the client to hang up.
+                .client_disconnect_timeout(Duration::ZERO)
+                .local_addr(addr)
+                .finish(map_config(
+                    app.into_factory()
+                        .map_err(|err: actix_web::Error| err.error_response()),
+                    |_| AppConfig::default(),
+                ));
+            fn_service(move |io: TcpStream| async move {
+                let socket = socket2::SockRef::from(&io);
                 // Frames are small and latency matters: never wait for Nagle's algorithm.
                 let _ = socket.set_tcp_nodelay(true);
-                let _ = socket.set_tcp_user_timeout(Some(STALLED_WRITE_TIMEOUT));
-            }
+                let _ = socket.set_tcp_user_timeout(Some(write_timeout));
+                let peer = io.peer_addr().ok();
+                Ok((Stall::new(io, write_timeout), Protocol::Http1, peer))
+            })
+            .and_then(service)
         })
-        // Drop a connection as soon as its response (a WebSocket after the close handshake)
-        // has been written, instead of waiting for the client to hang up first.
-        .client_disconnect_timeout(Duration::ZERO)
+        .with_context(|| format!("cannot serve on {addr}"))?
         .disable_signals()
         .shutdown_timeout(1)
-        .bind(config.bind)
-        .with_context(|| format!("cannot listen on {}", config.bind))?;
-    let addrs = server.addrs();
+        .run();
+    let addrs = [addr];
     announce(&addrs);
     info!(addrs = ?addrs, "listening");
-    let server = server.run();
     let handle = server.handle();
     let shutdown_timeout = config.shutdown_timeout;
     actix_web::rt::spawn(async move {

@@ -43,6 +43,10 @@ use upstream::{TooLarge, Upstream};
 /// (HTTP publishes) or are refused (socket pushes, incoming messages).
 pub const HUB_MAILBOX_CAPACITY: usize = 16 * 1024;
 
+/// How often the hub forgets sessions whose actor is gone without saying so (a socket reset
+/// before its registration was answered never sends [`Disconnect`]).
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the hub keeps per connected session.
 #[derive(Debug)]
 struct SessionEntry {
@@ -85,6 +89,7 @@ impl Hub {
     }
 
     fn update_gauges(&self) {
+        metrics::set(&self.metrics.sessions, self.sessions.len());
         metrics::set(&self.metrics.topics, self.registry.topic_count());
         metrics::set(
             &self.metrics.subscriptions,
@@ -125,19 +130,23 @@ impl Hub {
     fn fan_out(&mut self, topic: &str, frame: &ByteString) -> usize {
         let mut queued = 0;
         let mut slow = Vec::new();
+        let mut gone = Vec::new();
         let sessions = &self.sessions;
         self.registry.for_each_subscriber(topic, |id| {
             if let Some(entry) = sessions.get(&id) {
                 match entry.outbox.offer(frame) {
                     Ok(()) => queued += 1,
                     Err(Overflow::Slow) => slow.push(id),
-                    Err(Overflow::Gone) => {}
+                    Err(Overflow::Gone) => gone.push(id),
                 }
             }
         });
         metrics::add(&self.metrics.frames_out, queued as u64);
         for id in slow {
             self.evict_slow(id);
+        }
+        for id in gone {
+            let _ = self.forget(id);
         }
         queued
     }
@@ -162,6 +171,18 @@ impl Actor for Hub {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(HUB_MAILBOX_CAPACITY);
+        ctx.run_interval(SWEEP_INTERVAL, |hub, _| {
+            let gone: Vec<SessionId> = hub
+                .sessions
+                .iter()
+                .filter(|(_, entry)| !entry.close.connected())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in gone {
+                debug!(session = %id, "forgetting a session that went away unannounced");
+                let _ = hub.forget(id);
+            }
+        });
     }
 }
 
@@ -187,6 +208,7 @@ impl Handler<Connect> for Hub {
                 close: msg.close,
             },
         );
+        self.update_gauges();
         MessageResult(id)
     }
 }

@@ -1,9 +1,12 @@
-//! The WebSocket glue: everything that knows the WebSocket library lives here.
+//! The client transport: the WebSocket glue (everything that knows the WebSocket library
+//! lives here) and the write deadline under every client connection ([`stall`]).
 //!
 //! `actix-web-actors` is deprecated upstream in favour of `actix-ws`; moving means rewriting
 //! this file. Sessions use only what it exports: the context type, the incoming message types
 //! and [`upgrade`]. It knows nothing of the session itself (any actor that handles the
 //! socket's messages can be served), so the session layer sits above it.
+
+pub mod stall;
 
 use actix::{Actor, StreamHandler};
 use actix_web::{web, HttpRequest, HttpResponse};
