@@ -96,9 +96,16 @@ pub struct Config {
     pub token_secret: Option<String>,
 
     /// Key that POST /api/publish requires as `Authorization: Bearer <key>`. Without one,
-    /// publishing over HTTP is open.
+    /// publishing over HTTP is open; a node with --token-secret refuses to start without one
+    /// unless --open-publish says so on purpose.
     #[arg(long, env = "API_KEY", hide_env_values = true, value_name = "KEY", value_parser = not_empty)]
     pub api_key: Option<String>,
+
+    /// Leave POST /api/publish open to anyone on a node with --token-secret (whoever can reach
+    /// the node can then publish to any topic, around the channel rules). /readyz and the
+    /// start-up log say which mode the node is in.
+    #[arg(long, env = "OPEN_PUBLISH")]
+    pub open_publish: bool,
 
     /// Origins allowed to open a WebSocket, comma-separated (e.g. https://app.example.com).
     /// Default: any. Clients that send no Origin header (servers, scripts) are not browsers and
@@ -541,6 +548,19 @@ impl Config {
                 message,
             })?;
         }
+        if self.command.is_none()
+            && self.token_secret.is_some()
+            && self.api_key.is_none()
+            && !self.open_publish
+        {
+            return Err(ConfigError::Value {
+                key: "api-key".into(),
+                message: "a node with --token-secret needs --api-key too: without it anyone who \
+                          can reach the node could publish to any topic over HTTP, around the \
+                          channel rules (set --open-publish to leave publishing open on purpose)"
+                    .into(),
+            });
+        }
         for (namespace, _) in &self.channels {
             if namespace != "*" && (namespace.is_empty() || namespace.contains(':')) {
                 return Err(ConfigError::Value {
@@ -595,6 +615,14 @@ fn file_args(
             first.value_source(id),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         ) {
+            continue;
+        }
+        if !arg.get_action().takes_values() {
+            match value {
+                toml::Value::Boolean(true) => args.push(OsString::from(format!("--{long}"))),
+                toml::Value::Boolean(false) => {}
+                _ => return Err(format!("key `{key}`: expected true or false")),
+            }
             continue;
         }
         for text in file_values(arg, value).map_err(|message| format!("key `{key}`: {message}"))? {

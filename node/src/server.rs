@@ -76,6 +76,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         warn!("OPEN NODE: no --token-secret, so any socket may join and push to any topic; set one before exposing this node");
     }
+    if security.requires_api_key() {
+        info!("POST /api/publish needs the API key");
+    } else if security.requires_token() {
+        warn!("OPEN PUBLISHING (--open-publish): anyone who reaches the node may POST /api/publish to any topic");
+    } else {
+        info!("POST /api/publish is open (no --api-key)");
+    }
     let open_files = raise_open_file_limit();
     let max_connections = match config.max_connections {
         0 => automatic_limit(open_files),

@@ -54,6 +54,8 @@ pub const CONFIG_ENV_VARS: &[&str] = &[
     "UNSUBSCRIBE_LINGER",
     "BRIDGE_QUEUE_MESSAGES",
     "BRIDGE_QUEUE_BYTES",
+    "WRITE_TIMEOUT",
+    "OPEN_PUBLISH",
 ];
 
 /// How a terminated node ended.

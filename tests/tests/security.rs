@@ -49,6 +49,9 @@ fn token(sub: &str) -> String {
 
 fn secured(extra: &[&str]) -> Node {
     let mut args = vec!["--token-secret", SECRET];
+    if !extra.contains(&"--api-key") {
+        args.push("--open-publish");
+    }
     args.extend_from_slice(extra);
     Node::start(&args)
 }

@@ -214,3 +214,17 @@ fn the_envelope_is_an_option_like_any_other() {
     );
     assert!(load(&["--envelope", "json"]).is_err());
 }
+
+#[test]
+fn a_token_secret_without_an_api_key_needs_open_publish() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let err = load(&["--token-secret", secret]).unwrap_err().to_string();
+    assert!(err.contains("needs --api-key too"), "{err}");
+    assert!(load(&["--token-secret", secret, "--api-key", "k"]).is_ok());
+    assert!(load(&["--token-secret", secret, "--open-publish"]).is_ok());
+    let file = File::new("open", "open-publish = true\n");
+    let config = load(&["--token-secret", secret, "--config", file.arg()]).unwrap();
+    assert!(config.open_publish);
+    // The token command needs no API key.
+    assert!(load(&["--token-secret", secret, "token", "--sub", "1"]).is_ok());
+}

@@ -20,34 +20,46 @@ pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         (true, true) => "up",
         (true, false) => "down",
     };
-    if state.shutting_down.load(Ordering::Relaxed) {
-        HttpResponse::ServiceUnavailable().json(json!({
-            "status": "not_ready", "reason": "shutting down", "backend": backend, "bridge": bridge,
-            "auth": auth_mode(&state.security),
-        }))
+    let mut body = json!({
+        "status": "ready",
+        "backend": backend,
+        "bridge": bridge,
+        "auth": auth_mode(&state.security),
+        "publish": publish_mode(&state.security),
+    });
+    let not_ready = if state.shutting_down.load(Ordering::Relaxed) {
+        Some("shutting down".to_owned())
     } else if bridge == "down" {
-        HttpResponse::ServiceUnavailable().json(json!({
-            "status": "not_ready",
-            "reason": format!("the {backend} bridge is down; delivering on this node only, reconnecting"),
-            "backend": backend,
-            "bridge": bridge,
-            "auth": auth_mode(&state.security),
-        }))
+        Some(format!(
+            "the {backend} bridge is down; delivering on this node only, reconnecting"
+        ))
     } else {
-        HttpResponse::Ok().json(json!({
-            "status": "ready",
-            "backend": backend,
-            "bridge": bridge,
-            "auth": auth_mode(&state.security),
-        }))
+        None
+    };
+    match not_ready {
+        Some(reason) => {
+            body["status"] = "not_ready".into();
+            body["reason"] = reason.into();
+            HttpResponse::ServiceUnavailable().json(body)
+        }
+        None => HttpResponse::Ok().json(body),
     }
 }
 
 /// How sockets are admitted, for `/readyz`: `token`, or `open` (development: anyone may
 /// join and push anywhere).
-const fn auth_mode(security: &Security) -> &'static str {
+pub const fn auth_mode(security: &Security) -> &'static str {
     if security.requires_token() {
         "token"
+    } else {
+        "open"
+    }
+}
+
+/// Who may `POST /api/publish`, for `/readyz`: `api_key`, or `open` (anyone).
+pub const fn publish_mode(security: &Security) -> &'static str {
+    if security.requires_api_key() {
+        "api_key"
     } else {
         "open"
     }
