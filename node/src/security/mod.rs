@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn with_a_secret_tokens_are_required_and_unlisted_namespaces_are_owner_only() {
-        let secure = security(&["--token-secret", SECRET]);
+        let secure = security(&["--token-secret", SECRET, "--open-publish"]);
         assert!(secure.authenticate(None).is_err());
         let token = secure.sign("42", 60).unwrap();
         let identity = secure.authenticate(Some(&token)).unwrap();
