@@ -123,6 +123,33 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0, value_name = "N")]
     pub max_connections: usize,
 
+    /// Most WebSocket connections one user (a token's `sub`) holds at once; one more is
+    /// refused with 429. 0: no limit.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS_PER_USER",
+        default_value_t = 100,
+        value_name = "N"
+    )]
+    pub max_connections_per_user: usize,
+
+    /// Most WebSocket connections from one client address at once; one more is refused with
+    /// 429. 0 (the default): no limit — behind a proxy every client shares its address unless
+    /// --client-ip-header is set.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 0,
+        value_name = "N"
+    )]
+    pub max_connections_per_address: usize,
+
+    /// Header that the trusted proxy in front of the node sets to the client's address (e.g.
+    /// X-Forwarded-For; the last address in it counts). Only set it when every request comes
+    /// through that proxy: clients can send the header too. Without it, the peer's address.
+    #[arg(long, env = "CLIENT_IP_HEADER", value_name = "HEADER")]
+    pub client_ip_header: Option<String>,
+
     /// Longest topic a socket may join, in bytes (at most 255).
     #[arg(long, env = "MAX_TOPIC_BYTES", default_value_t = 255, value_name = "BYTES", value_parser = topic_bytes)]
     pub max_topic_bytes: usize,
@@ -569,6 +596,14 @@ impl Config {
                         .into(),
                 });
             }
+        }
+        if let Some(name) = &self.client_ip_header {
+            actix_web::http::header::HeaderName::try_from(name.as_str()).map_err(|err| {
+                ConfigError::Value {
+                    key: "client-ip-header".into(),
+                    message: err.to_string(),
+                }
+            })?;
         }
         self.backend()?;
         if let Some(url) = &self.redis_url {

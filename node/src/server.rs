@@ -24,7 +24,7 @@ use crate::bridge::postgres::{self, PostgresBackend};
 use crate::bridge::redis::RedisBackend;
 use crate::bridge::{Backend as Adapter, BridgeActor};
 use crate::config::{Backend, Config};
-use crate::connections::{automatic_limit, raise_open_file_limit, ConnectionSlots};
+use crate::connections::{self, automatic_limit, raise_open_file_limit, ConnectionSlots};
 use crate::http::{self, AppState};
 use crate::hub::upstream::{MessageLimit, Upstream};
 use crate::hub::{CloseAll, Hub};
@@ -89,6 +89,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         limit => limit,
     };
     info!(max_connections, open_files, "connection limit");
+    let client_ip_header = config
+        .client_ip_header
+        .as_deref()
+        .map(actix_web::http::header::HeaderName::try_from)
+        .transpose()
+        .context("invalid --client-ip-header")?;
     let (hub, drain_bridge) = start_hub(&config, &backend, &metrics)?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -100,7 +106,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         shutting_down: shutting_down.clone(),
         backend: backend.name(),
         security: Arc::new(security),
-        slots: ConnectionSlots::new(max_connections),
+        slots: ConnectionSlots::new(connections::Limits {
+            node: max_connections,
+            per_user: config.max_connections_per_user,
+            per_address: config.max_connections_per_address,
+        }),
+        client_ip_header,
     };
     let data = web::Data::new(state);
     let listener = listen(config.bind)?;

@@ -56,6 +56,9 @@ pub const CONFIG_ENV_VARS: &[&str] = &[
     "BRIDGE_QUEUE_BYTES",
     "WRITE_TIMEOUT",
     "OPEN_PUBLISH",
+    "MAX_CONNECTIONS_PER_USER",
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "CLIENT_IP_HEADER",
 ];
 
 /// How a terminated node ended.

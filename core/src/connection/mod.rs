@@ -34,7 +34,8 @@
 //! Frames are answered in the order they arrive, with one exception that keeps a slow join
 //! from stalling the socket: while a join waits for the server ([`Output::Join`] not yet
 //! answered), frames about *that* topic wait inside the connection (at most
-//! [`MAX_WAITING_FRAMES`] in all) and are handled, in order, right after the join's answer.
+//! [`MAX_WAITING_FRAMES`] and [`MAX_WAITING_BYTES`] in all) and are handled, in order, right
+//! after the join's answer.
 //! Frames about other topics and heartbeats go on meanwhile.
 
 mod io;
@@ -57,6 +58,10 @@ use crate::{ChannelRules, Time, Topic};
 /// Most frames that may wait for pending joins at once; one more is refused with
 /// [`reasons::TOO_MANY_WAITING`].
 pub const MAX_WAITING_FRAMES: usize = 64;
+
+/// Most bytes of frames (payloads, events, refs) that may wait for pending joins at once; a
+/// frame that would pass it is refused like one frame too many.
+pub const MAX_WAITING_BYTES: usize = 64 * 1024;
 
 /// The response of a join that reaches this node only (the bridge is down).
 const LOCAL_ONLY_RESPONSE: &str = r#"{"upstream":"unavailable"}"#;
@@ -84,6 +89,7 @@ pub struct Connection {
     user: Option<String>,
     memberships: HashMap<Topic, Membership>,
     waiting: usize,
+    waiting_bytes: usize,
     pushes: TokenBucket,
     joins: TokenBucket,
     last_input: Time,
@@ -110,6 +116,7 @@ impl Connection {
             user,
             memberships: HashMap::new(),
             waiting: 0,
+            waiting_bytes: 0,
             last_input: now,
             next_join: 0,
             outputs: VecDeque::new(),
@@ -278,6 +285,7 @@ impl Connection {
             return;
         };
         self.waiting -= waiting.len();
+        self.waiting_bytes -= waiting.iter().map(weight).sum::<usize>();
         match answer {
             JoinAnswer::Joined(reach) => {
                 let reply = match reach {
@@ -354,9 +362,12 @@ impl Connection {
             return;
         }
         if let Some(Membership::Joining { waiting, .. }) = self.memberships.get_mut(&frame.topic) {
-            if self.waiting < MAX_WAITING_FRAMES {
+            let bytes = weight(&frame);
+            if self.waiting < MAX_WAITING_FRAMES && self.waiting_bytes + bytes <= MAX_WAITING_BYTES
+            {
                 waiting.push_back(frame);
                 self.waiting += 1;
+                self.waiting_bytes += bytes;
             } else {
                 self.refused(Refusal::Protocol);
                 self.reply_error(&frame, reasons::TOO_MANY_WAITING);
@@ -528,6 +539,19 @@ impl Connection {
             &Reply::Error { reason },
         ));
     }
+}
+
+/// What a waiting frame costs, near enough: its variable parts.
+fn weight(frame: &ClientFrame) -> usize {
+    let request = match &frame.request {
+        Request::Join { payload } => payload.get().len(),
+        Request::Push { event, payload } => event.len() + payload.get().len(),
+        _ => 0,
+    };
+    request
+        + frame.topic.as_str().len()
+        + frame.join_ref.as_ref().map_or(0, String::len)
+        + frame.msg_ref.as_ref().map_or(0, String::len)
 }
 
 fn local_only_response() -> Payload {

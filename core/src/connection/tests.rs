@@ -191,6 +191,27 @@ fn waiting_frames_are_bounded() {
 }
 
 #[test]
+fn waiting_bytes_are_bounded() {
+    let mut conn = open();
+    conn.handle_text(r#"["1","1","room:a","phx_join",{}]"#, t(0));
+    let big = "x".repeat(40 * 1024);
+    conn.handle_text(
+        &json!(["1", "2", "room:a", "m", {"big": big}]).to_string(),
+        t(0),
+    );
+    let _ = drain(&mut conn);
+    conn.handle_text(
+        &json!(["1", "3", "room:a", "m", {"big": big}]).to_string(),
+        t(0),
+    );
+    let out = frames(&drain(&mut conn));
+    assert_eq!(
+        out[0][4]["response"]["reason"],
+        "too many requests waiting for pending joins"
+    );
+}
+
+#[test]
 fn leave_of_a_topic_not_joined_is_ok_as_in_phoenix() {
     let mut conn = open();
     conn.handle_text(r#"["7","8","room:x","phx_leave",{}]"#, t(0));

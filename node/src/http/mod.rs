@@ -42,8 +42,10 @@ pub struct AppState {
     pub backend: &'static str,
     /// Tokens, channel rules, API key, origins.
     pub security: Arc<Security>,
-    /// The connection limit.
+    /// The connection limits.
     pub slots: ConnectionSlots,
+    /// The header a trusted proxy puts the client's address in, if one is configured.
+    pub client_ip_header: Option<header::HeaderName>,
 }
 
 /// Registers every route.

@@ -47,14 +47,7 @@ pub(super) async fn publish(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|len| len > state.max_publish_bytes as u64) {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!(
-                "the body is over the limit of {} bytes",
-                state.max_publish_bytes
-            ),
-        );
+        return too_large(state.max_publish_bytes);
     }
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
@@ -66,14 +59,13 @@ pub(super) async fn publish(
             );
         };
         if bytes.len() + chunk.len() > state.max_publish_bytes {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the body is over the limit of {} bytes",
-                    state.max_publish_bytes
-                ),
-            );
+            // The HTTP layer would read and discard the rest of a chunked body to keep the
+            // connection; while the body is still held it closes the connection instead.
+            actix_web::rt::spawn(async move {
+                actix_web::rt::time::sleep(std::time::Duration::from_secs(1)).await;
+                drop(body);
+            });
+            return too_large(state.max_publish_bytes);
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -89,6 +81,20 @@ pub(super) async fn publish(
             "the hub is not running",
         ),
     }
+}
+
+/// `413 body_too_large`, closing the connection: the rest of the body is never read, so a
+/// client cannot make the node take more than the limit (a streamed body included).
+fn too_large(limit: usize) -> HttpResponse {
+    let mut response = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the body is over the limit of {limit} bytes"),
+    );
+    response
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    response
 }
 
 /// The HTTP answer to what a publish did.

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use tracing::debug;
 
 use super::{error, AppState};
+use crate::connections::{client_address, Refused};
 use crate::metrics;
 use crate::session::WsSession;
 use crate::transport;
@@ -96,16 +97,30 @@ pub(super) async fn socket(
             );
         }
     };
-    let Some(slot) = state.slots.try_acquire() else {
-        metrics::add(&state.metrics.refused_connections, 1);
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            format!(
-                "the node holds its limit of {} connections; retry later or elsewhere",
-                state.slots.limit()
-            ),
-        );
+    let header = state
+        .client_ip_header
+        .as_ref()
+        .and_then(|name| req.headers().get(name))
+        .and_then(|value| value.to_str().ok());
+    let address = client_address(req.peer_addr().map(|peer| peer.ip()), header);
+    let slot = match state.slots.try_acquire(identity.user.as_deref(), address) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            metrics::add(&state.metrics.refused_connections, 1);
+            let (status, code) = match refused {
+                Refused::Node(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
+                Refused::User(_) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections_for_user",
+                ),
+                _ => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections_from_address",
+                ),
+            };
+            debug!(?address, user = ?identity.user, %refused, "socket refused");
+            return error(status, code, refused);
+        }
     };
     let session = WsSession::new(
         state.hub.clone(),
