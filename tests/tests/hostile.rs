@@ -442,3 +442,80 @@ async fn a_client_that_stops_reading_is_cut_off_by_the_node() {
         0.0
     );
 }
+
+/// The most memory one socket can make the node hold, measured: it joins the most topics,
+/// each with the longest name and the longest refs, stops reading, and is sent distinct
+/// messages until its send budget is full (past what the kernel buffers). The figure goes in
+/// docs/security.md ("worst-case cost of one socket").
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worst_case_memory_of_one_socket_is_its_send_budget() {
+    const SOCKETS: usize = 20;
+    const BUDGET: usize = 1024 * 1024;
+    let node = Node::start(&[
+        "--join-rate",
+        "100000",
+        "--join-burst",
+        "100000",
+        "--write-timeout",
+        "120s",
+    ]);
+    let mut sockets = Vec::new();
+    for _ in 0..SOCKETS {
+        sockets.push(Client::connect_with_recv_buffer(&node.ws_url(), 4096).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = node.rss_kib();
+    let long_ref = "9".repeat(64);
+    for (s, socket) in sockets.iter_mut().enumerate() {
+        for t in 0..100 {
+            let topic = format!("{s:03}-{t:03}:{}", "t".repeat(240));
+            socket
+                .send_frame(
+                    Some(&long_ref),
+                    Some(&long_ref),
+                    &topic,
+                    "phx_join",
+                    json!({}),
+                )
+                .await;
+            let reply = socket
+                .recv_until("join reply", |f| f.event() == "phx_reply")
+                .await;
+            assert_eq!(reply.status(), "ok", "{reply}");
+        }
+    }
+    let joined = node.rss_kib().saturating_sub(before);
+    // Distinct messages to each socket's own first topic: nothing is shared between them.
+    let padding = "p".repeat(60 * 1024);
+    let mut peak = 0;
+    for round in 0..200 {
+        for s in 0..SOCKETS {
+            let topic = format!("{s:03}-000:{}", "t".repeat(240));
+            let _ = http::publish(
+                node.addr(),
+                &topic,
+                None,
+                &json!({"r": round, "p": padding}),
+            )
+            .await;
+        }
+        peak = peak.max(node.rss_kib().saturating_sub(before));
+        let evicted = node
+            .metric("switchboard_slow_consumer_disconnects_total")
+            .await;
+        if evicted >= SOCKETS as f64 {
+            break;
+        }
+    }
+    let per_socket = peak / SOCKETS as u64;
+    report(&format!(
+        "worst case per socket: {} KiB after 100 joins of 255-byte topics with 64-byte refs, \
+         peak {per_socket} KiB with a full send budget ({} KiB)",
+        joined / SOCKETS as u64,
+        BUDGET / 1024
+    ));
+    assert!(
+        per_socket <= (2 * BUDGET / 1024 + 512) as u64,
+        "{per_socket} KiB per socket"
+    );
+}
