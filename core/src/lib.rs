@@ -21,6 +21,7 @@
 //!   (joins, leaves, pushes, heartbeats, replies, close codes) as a sans-IO state machine.
 //! - [`bridge`]: [`Bridge`](bridge::Bridge), the link to a shared backend (subscriptions,
 //!   confirmations, publishes, liveness, reconnects) as a sans-IO state machine.
+//! - [`history`]: stream positions, a topic's history in memory, and the recovery merge.
 //! - [`time`]: [`Time`], the time the drivers pass in; [`rate`]: [`TokenBucket`].
 //! - `model` (feature `model`): a plain reference model and op-sequence checker shared by
 //!   property tests, fuzz targets and the wasm tests.
@@ -30,6 +31,7 @@ pub mod bridge;
 pub mod codec;
 pub mod connection;
 pub mod frame;
+pub mod history;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod rate;
