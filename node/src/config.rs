@@ -20,6 +20,8 @@ use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 use switchboard_core::bridge::BridgeConfig;
 use switchboard_core::connection::Limits;
+use switchboard_core::history::retention::DEFAULT_TTL;
+use switchboard_core::history::{HistoryRules, Retention};
 use switchboard_core::{Rule, MAX_TOPIC_BYTES};
 
 use crate::security::token::TokenSecret;
@@ -174,10 +176,10 @@ pub struct Config {
     #[arg(long, env = "JOIN_BURST", default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub join_burst: u32,
 
-    /// Join and push rules per namespace, from the config file's `[channels.<namespace>]`
-    /// tables (`"*"` for namespaces not listed).
+    /// Join and push rules and history per namespace, from the config file's
+    /// `[channels.<namespace>]` tables (`"*"` for namespaces not listed).
     #[arg(skip)]
-    pub channels: Vec<(String, ChannelAccess)>,
+    pub channels: Vec<(String, ChannelConfig)>,
 
     /// A command instead of running the node.
     #[command(subcommand)]
@@ -265,21 +267,41 @@ pub enum Command {
     },
 }
 
-/// One `[channels.<namespace>]` table: who may join and who may push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// One `[channels.<namespace>]` table: who may join and push, and what the namespace's
+/// topics keep. Every key is optional; rules not given are those of `"*"` (or the secure
+/// default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChannelAccess {
+pub struct ChannelConfig {
     /// Who may join (`anyone`, `authenticated`, `owner`, `nobody`).
-    #[serde(deserialize_with = "rule")]
-    pub join: Rule,
+    #[serde(default, deserialize_with = "rule")]
+    pub join: Option<Rule>,
     /// Who may push.
-    #[serde(deserialize_with = "rule")]
-    pub push: Rule,
+    #[serde(default, deserialize_with = "rule")]
+    pub push: Option<Rule>,
+    /// Publications each topic keeps, for recovery (none: no history).
+    #[serde(default)]
+    pub history: Option<u32>,
+    /// How long a topic's history is kept after its last publication (`"10m"`).
+    #[serde(default, deserialize_with = "duration")]
+    pub history_ttl: Option<Duration>,
 }
 
-fn rule<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Rule, D::Error> {
+/// The most publications a topic's history may keep.
+pub const MAX_HISTORY: u32 = 100_000;
+
+fn rule<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Rule>, D::Error> {
     let name = String::deserialize(deserializer)?;
-    name.parse().map_err(serde::de::Error::custom)
+    name.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    positive_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The backends a node can use.
@@ -426,7 +448,7 @@ fn not_empty(text: &str) -> Result<String, String> {
 #[derive(Debug, Default, Deserialize)]
 struct FileChannels {
     #[serde(default)]
-    channels: BTreeMap<String, ChannelAccess>,
+    channels: BTreeMap<String, ChannelConfig>,
 }
 
 impl Config {
@@ -495,7 +517,7 @@ impl Config {
 
     fn finish(
         matches: &ArgMatches,
-        channels: Vec<(String, ChannelAccess)>,
+        channels: Vec<(String, ChannelConfig)>,
     ) -> Result<Self, ConfigError> {
         let mut config = Self::from_arg_matches(matches)?;
         config.channels = channels;
@@ -534,6 +556,19 @@ impl Config {
                  redis|postgres (or PUBSUB_BACKEND)",
             )),
         }
+    }
+
+    /// Which topics keep history, and how much.
+    #[must_use]
+    pub fn history_rules(&self) -> HistoryRules {
+        let mut rules = HistoryRules::none();
+        for (namespace, channel) in &self.channels {
+            if let Some(size) = channel.history {
+                let ttl = channel.history_ttl.unwrap_or(DEFAULT_TTL);
+                rules.set(namespace, Retention { size, ttl });
+            }
+        }
+        rules
     }
 
     /// The limits every connection applies.
@@ -588,14 +623,40 @@ impl Config {
                     .into(),
             });
         }
-        for (namespace, _) in &self.channels {
+        for (namespace, channel) in &self.channels {
+            let invalid = |message: &str| ConfigError::Value {
+                key: format!("channels.{namespace}"),
+                message: message.into(),
+            };
             if namespace != "*" && (namespace.is_empty() || namespace.contains(':')) {
-                return Err(ConfigError::Value {
-                    key: format!("channels.{namespace}"),
-                    message: "a namespace is the part of a topic before the first ':' (or \"*\")"
-                        .into(),
-                });
+                return Err(invalid(
+                    "a namespace is the part of a topic before the first ':' (or \"*\")",
+                ));
             }
+            if channel
+                .history
+                .is_some_and(|size| !(1..=MAX_HISTORY).contains(&size))
+            {
+                return Err(invalid(&format!(
+                    "history is the number of publications kept, 1 to {MAX_HISTORY}"
+                )));
+            }
+            if channel.history_ttl.is_some() && channel.history.is_none() {
+                return Err(invalid(
+                    "history_ttl needs history (the number of publications kept)",
+                ));
+            }
+        }
+        if !self.history_rules().is_empty()
+            && self.envelope == EnvelopeFormat::Pyview
+            && matches!(self.backend(), Ok(Backend::Postgres { .. }))
+        {
+            return Err(ConfigError::Value {
+                key: "envelope".into(),
+                message: "history on PostgreSQL needs the switchboard envelope: PyView's \
+                          PostgreSQL format is the message alone, with no room for a position"
+                    .into(),
+            });
         }
         if let Some(name) = &self.client_ip_header {
             actix_web::http::header::HeaderName::try_from(name.as_str()).map_err(|err| {

@@ -6,6 +6,8 @@
 use actix::prelude::*;
 use switchboard_core::bridge::{EdgeOp, PublishOutcome, WaitOutcome};
 use switchboard_core::connection::{PublishAnswer, PushAck};
+use switchboard_core::history::recovery::HistoryRead;
+use switchboard_core::history::Position;
 use switchboard_core::{Payload, Topic};
 use tokio::sync::oneshot;
 
@@ -54,8 +56,9 @@ pub struct UpstreamWait {
     pub reply: oneshot::Sender<WaitOutcome>,
 }
 
-/// Hub → bridge: a message published on this node (already delivered to its own
-/// subscribers) for every other node.
+/// Hub → bridge: a message published on this node for every other node. Without history it
+/// is already delivered to this node's subscribers; with history (`record`) the backend gives
+/// it its position and every node, this one included, delivers it from the backend.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct UpstreamPublish {
@@ -65,8 +68,25 @@ pub struct UpstreamPublish {
     pub event: String,
     /// The message.
     pub payload: Payload,
+    /// Whether the topic keeps history.
+    pub record: bool,
     /// Where the outcome goes.
     pub ack: oneshot::Sender<PublishOutcome>,
+}
+
+/// Hub → bridge: read a topic's history after an offset (a joining client's recovery, or
+/// `GET /api/history`). Answered at once with an error while the link is down.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UpstreamRead {
+    /// The topic.
+    pub topic: Topic,
+    /// Publications after this offset.
+    pub after: u64,
+    /// At most this many.
+    pub limit: u32,
+    /// Where the read goes, or why there is none.
+    pub reply: oneshot::Sender<Result<HistoryRead, String>>,
 }
 
 /// Bridge → hub: a message from another node or producer, for this node's subscribers.
@@ -79,6 +99,8 @@ pub struct Incoming {
     pub event: String,
     /// The message.
     pub payload: Payload,
+    /// Its place in the topic's stream, when it was published with history.
+    pub position: Option<Position>,
 }
 
 /// Server → bridge: the node is shutting down. Answered once everything accepted has been

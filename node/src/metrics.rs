@@ -47,6 +47,15 @@ pub struct Metrics {
     pub bridge_dropped: AtomicU64,
     /// Messages from the backend refused because they name an event only the server may send.
     pub bridge_refused: AtomicU64,
+    /// History reads (joins of history topics, recoveries, `GET /api/history`).
+    pub history_reads: AtomicU64,
+    /// Joins that asked to recover what they missed (`since`).
+    pub recoveries: AtomicU64,
+    /// Recoveries answered `recovered: true`.
+    pub recoveries_succeeded: AtomicU64,
+    /// Recoveries answered `recovered: false`, or refused because the history could not be
+    /// read.
+    pub recoveries_failed: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -74,7 +83,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 19] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 23] = [
             (
                 "switchboard_connections",
                 "gauge",
@@ -189,6 +198,30 @@ impl Metrics {
                 "Messages from the backend refused: they named an event only the server may send.",
                 &self.bridge_refused,
             ),
+            (
+                "switchboard_history_reads_total",
+                "counter",
+                "History reads: joins of history topics, recoveries, GET /api/history.",
+                &self.history_reads,
+            ),
+            (
+                "switchboard_recoveries_total",
+                "counter",
+                "Joins that asked to recover what they missed (since).",
+                &self.recoveries,
+            ),
+            (
+                "switchboard_recoveries_succeeded_total",
+                "counter",
+                "Recoveries answered recovered: true.",
+                &self.recoveries_succeeded,
+            ),
+            (
+                "switchboard_recoveries_failed_total",
+                "counter",
+                "Recoveries answered recovered: false, or refused for want of the history.",
+                &self.recoveries_failed,
+            ),
         ];
         let mut out = String::with_capacity(1024);
         for (name, kind, help, value) in rows {
@@ -217,6 +250,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 19);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 23);
     }
 }

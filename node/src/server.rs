@@ -17,6 +17,7 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
 use anyhow::Context as _;
 use switchboard_core::bridge::BridgeConfig;
+use switchboard_core::history::HistoryRules;
 use tracing::{info, warn};
 
 use crate::bridge::envelope::Format;
@@ -177,10 +178,11 @@ fn start_hub(
     let max_topics = config.max_topics_per_socket;
     let origin = origin_id();
     let bridge_config = config.bridge(jitter_seed());
+    let history = config.history_rules();
     match backend {
         Backend::Redis { url } => {
-            let adapter =
-                RedisBackend::new(url, &config.channel_prefix).context("invalid --redis-url")?;
+            let adapter = RedisBackend::new(url, &config.channel_prefix, config.envelope, &history)
+                .context("invalid --redis-url")?;
             info!(%origin, prefix = %config.channel_prefix, envelope = ?config.envelope, "sharing topics through redis");
             let format = Format::new(config.envelope, "redis", origin);
             Ok(start_bridged(
@@ -191,10 +193,11 @@ fn start_hub(
                 config,
                 metrics,
                 max_topics,
+                history,
             ))
         }
         Backend::Postgres { url } => {
-            let adapter = PostgresBackend::new(url, &config.channel_prefix)
+            let adapter = PostgresBackend::new(url, &config.channel_prefix, &history)
                 .context("invalid --database-url")?;
             info!(%origin, prefix = %config.channel_prefix, envelope = ?config.envelope, "sharing topics through postgres");
             let format = Format::new(config.envelope, "postgres", origin);
@@ -206,9 +209,13 @@ fn start_hub(
                 config,
                 metrics,
                 max_topics,
+                history,
             ))
         }
-        _ => Ok((Hub::new(max_topics, metrics.clone(), None).start(), None)),
+        _ => Ok((
+            Hub::new(max_topics, metrics.clone(), None, history).start(),
+            None,
+        )),
     }
 }
 
@@ -222,6 +229,7 @@ fn start_bridged<B: Adapter + Send>(
     config: &Config,
     metrics: &Arc<Metrics>,
     max_topics: usize,
+    history: HistoryRules,
 ) -> (Addr<Hub>, Option<Recipient<Drain>>) {
     let name = adapter.name();
     let subscribe_timeout = config.subscribe_timeout;
@@ -248,7 +256,7 @@ fn start_bridged<B: Adapter + Send>(
         if let Some(limit) = limit {
             upstream = upstream.with_limit(limit);
         }
-        Hub::new(max_topics, metrics, Some(upstream))
+        Hub::new(max_topics, metrics, Some(upstream), history)
     });
     (hub, drain)
 }

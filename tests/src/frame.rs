@@ -25,12 +25,17 @@ pub trait PhxFrame {
     fn is_reply_to(&self, msg_ref: &str) -> bool {
         self.is_reply() && self.msg_ref() == Some(msg_ref)
     }
-    /// True for a broadcast (`[null, null, topic, event, payload]` with a non-`phx_` event).
+    /// True for a broadcast (`[null, null, topic, event, payload]` with a non-`phx_` event,
+    /// or `[null, "<offset>:<epoch>", ...]` on a topic with history).
     fn is_broadcast(&self) -> bool {
         self.join_ref().is_none()
-            && self.msg_ref().is_none()
+            && self.msg_ref().is_none_or(|position| position.contains(':'))
             && !self.event().is_empty()
             && !self.event().starts_with("phx_")
+    }
+    /// A broadcast's position (`"<offset>:<epoch>"`), on a topic with history.
+    fn position(&self) -> Option<&str> {
+        self.msg_ref().filter(|_| self.is_broadcast())
     }
     /// A reply's `status` (`"ok"` / `"error"`), `""` for anything else.
     fn status(&self) -> &str {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::history::Position;
 use crate::Topic;
 
 /// Identifies one connection to the backend: every action names the generation it belongs to,
@@ -116,8 +117,11 @@ pub enum WaitOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PublishOutcome {
-    /// The backend accepted it.
-    Sent,
+    /// The backend accepted it (and gave it this position, for a publication with history).
+    Sent {
+        /// Its place in the topic's stream, when it has history.
+        position: Option<Position>,
+    },
     /// The link is down (or the bridge is shutting down): it was not queued.
     Unavailable,
     /// The queue toward the backend is full: it was not queued.
@@ -132,7 +136,7 @@ impl PublishOutcome {
     /// Whether the other nodes got (or will get) the message.
     #[must_use]
     pub const fn is_sent(&self) -> bool {
-        matches!(self, Self::Sent)
+        matches!(self, Self::Sent { .. })
     }
 }
 

@@ -53,6 +53,7 @@ use std::time::Duration;
 pub use config::BridgeConfig;
 pub use io::{Action, EdgeOp, Generation, LinkStatus, PublishOutcome, RequestError, WaitOutcome};
 
+use crate::history::Position;
 use crate::{Time, Topic};
 use backoff::Backoff;
 
@@ -460,12 +461,13 @@ impl<W, P, M> Bridge<W, P, M> {
         self.drive(now);
     }
 
-    /// The publish batch of `generation` is done: one result per message on success, or the
-    /// reason the batch failed (which ends the link).
+    /// The publish batch of `generation` is done: one result per message on success (with the
+    /// position the backend gave it, for a publication with history), or the reason the batch
+    /// failed (which ends the link).
     pub fn handle_published(
         &mut self,
         generation: Generation,
-        result: Result<Vec<Result<(), String>>, String>,
+        result: Result<Vec<Result<Option<Position>, String>>, String>,
         now: Time,
     ) {
         if generation.0 != self.generation || !self.is_up() {
@@ -485,7 +487,7 @@ impl<W, P, M> Bridge<W, P, M> {
         for (ack, bytes) in batch.acks {
             self.queued_bytes -= bytes;
             let outcome = match results.next() {
-                Some(Ok(())) => PublishOutcome::Sent,
+                Some(Ok(position)) => PublishOutcome::Sent { position },
                 Some(Err(reason)) => PublishOutcome::Refused(reason),
                 None => PublishOutcome::Lost,
             };

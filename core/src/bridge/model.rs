@@ -362,7 +362,7 @@ impl Harness {
             Op::Published(kind) => {
                 if let Some((generation, messages)) = self.publishing.take() {
                     let result = match kind % 3 {
-                        0 => Ok(messages.iter().map(|_| Ok(())).collect()),
+                        0 => Ok(messages.iter().map(|_| Ok(None)).collect()),
                         1 => Ok(messages
                             .iter()
                             .enumerate()
@@ -370,7 +370,7 @@ impl Harness {
                                 if i == 0 {
                                     Err("refused".to_owned())
                                 } else {
-                                    Ok(())
+                                    Ok(None)
                                 }
                             })
                             .collect()),
@@ -394,7 +394,7 @@ impl Harness {
                     if Some(generation) != self.live {
                         self.bridge.handle_edges_done(generation, Ok(()), now);
                         self.bridge
-                            .handle_published(generation, Ok(vec![Ok(())]), now);
+                            .handle_published(generation, Ok(vec![Ok(None)]), now);
                         self.bridge.handle_pong(generation, now);
                     }
                 }

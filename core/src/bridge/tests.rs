@@ -296,7 +296,7 @@ fn a_lost_link_settles_every_promise_and_resubscribes_on_reconnect() {
     assert_eq!((bridge.queued(), bridge.queued_bytes()), (0, 0));
     // Late reports about generation 1 change nothing.
     bridge.handle_edges_done(Generation(1), Ok(()), t(6));
-    bridge.handle_published(Generation(1), Ok(vec![Ok(())]), t(6));
+    bridge.handle_published(Generation(1), Ok(vec![Ok(None)]), t(6));
     assert!(drain(&mut bridge).is_empty());
     bridge.handle_publish("m3".into(), 10, 3, t(6));
     assert_eq!(
@@ -354,14 +354,21 @@ fn the_publish_queue_is_bounded_by_count_and_bytes() {
         })
         .collect();
     assert_eq!(batches, vec![&vec!["a".to_owned()]], "one batch in flight");
-    bridge.handle_published(Generation(1), Ok(vec![Ok(())]), t(3));
+    bridge.handle_published(Generation(1), Ok(vec![Ok(None)]), t(3));
     let out = drain(&mut bridge);
-    assert_eq!(published(&out), vec![(1, PublishOutcome::Sent)]);
-    bridge.handle_published(Generation(1), Ok(vec![Ok(()), Err("NOPERM".into())]), t(4));
+    assert_eq!(
+        published(&out),
+        vec![(1, PublishOutcome::Sent { position: None })]
+    );
+    bridge.handle_published(
+        Generation(1),
+        Ok(vec![Ok(None), Err("NOPERM".into())]),
+        t(4),
+    );
     assert_eq!(
         published(&drain(&mut bridge)),
         vec![
-            (2, PublishOutcome::Sent),
+            (2, PublishOutcome::Sent { position: None }),
             (4, PublishOutcome::Refused("NOPERM".into()))
         ]
     );
@@ -454,10 +461,13 @@ fn shutdown_sends_what_is_queued_and_takes_nothing_new() {
         vec![(3, PublishOutcome::Unavailable)]
     );
     assert!(!bridge.is_idle());
-    bridge.handle_published(Generation(1), Ok(vec![Ok(())]), t(4));
+    bridge.handle_published(Generation(1), Ok(vec![Ok(None)]), t(4));
     let out = drain(&mut bridge);
-    assert_eq!(published(&out), vec![(1, PublishOutcome::Sent)]);
-    bridge.handle_published(Generation(1), Ok(vec![Ok(())]), t(5));
+    assert_eq!(
+        published(&out),
+        vec![(1, PublishOutcome::Sent { position: None })]
+    );
+    bridge.handle_published(Generation(1), Ok(vec![Ok(None)]), t(5));
     let _ = drain(&mut bridge);
     assert!(bridge.is_idle());
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::history::Position;
 use crate::{Payload, Topic};
 
 /// Identifies one join the connection is waiting on; echoed in
@@ -42,6 +43,8 @@ pub enum Output {
         topic: Topic,
         /// The id to answer with.
         join: JoinId,
+        /// The last position the client saw (its join's `since`), to recover from.
+        since: Option<Position>,
     },
     /// Unsubscribe this connection from `topic` (no answer).
     Leave {
@@ -101,6 +104,15 @@ pub enum Reach {
 pub enum JoinAnswer {
     /// Subscribed.
     Joined(Reach),
+    /// Subscribed to a topic with history (everywhere): the reply says where its stream stands
+    /// and, when the client named the last position it saw, whether what it missed follows.
+    JoinedAt {
+        /// The stream's position: every publication after it reaches the socket.
+        position: Position,
+        /// Whether the publications after the client's `since` follow the reply (`None`: the
+        /// client named none).
+        recovered: Option<bool>,
+    },
     /// Not subscribed (the driver has undone any subscription it made for this join).
     Refused(JoinRefusal),
 }
@@ -123,6 +135,12 @@ pub enum JoinRefusal {
     },
     /// The server cannot take joins now (shutting down).
     Unavailable,
+    /// The join names a position to recover from, and the history cannot be read now (the
+    /// backend is unreachable): the client should try again.
+    HistoryUnavailable {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for JoinRefusal {
@@ -137,6 +155,9 @@ impl fmt::Display for JoinRefusal {
                 write!(f, "the backend refused the subscription: {reason}")
             }
             Self::Unavailable => f.write_str(super::reasons::UNAVAILABLE),
+            Self::HistoryUnavailable { reason } => {
+                write!(f, "history unavailable: {reason}; try again")
+            }
         }
     }
 }

@@ -52,6 +52,7 @@ pub use limits::Limits;
 
 use crate::codec::{decode_request_addressed, encode_close, encode_reply, Rejected};
 use crate::frame::{ClientFrame, Payload, Reply, Request};
+use crate::history::Position;
 use crate::rate::TokenBucket;
 use crate::{ChannelRules, Time, Topic};
 
@@ -306,6 +307,21 @@ impl Connection {
                     .insert(topic.clone(), Membership::Joined { join_ref });
                 self.send(reply);
             }
+            JoinAnswer::JoinedAt {
+                position,
+                recovered,
+            } => {
+                let response = history_response(&position, recovered);
+                let reply = encode_reply(
+                    join_ref.as_deref(),
+                    msg_ref.as_deref(),
+                    topic.as_str(),
+                    &Reply::Ok(&response),
+                );
+                self.memberships
+                    .insert(topic.clone(), Membership::Joined { join_ref });
+                self.send(reply);
+            }
             JoinAnswer::Refused(refusal) => {
                 if refusal == JoinRefusal::TooManyTopics {
                     self.refused(Refusal::Protocol);
@@ -407,19 +423,27 @@ impl Connection {
             self.reply_error(&frame, reasons::UNAUTHORIZED);
             return;
         }
-        if let Some(Membership::Joined { join_ref }) = self.memberships.get_mut(&frame.topic) {
-            // A second join closes the old membership, then succeeds (Phoenix does the same).
-            let close = encode_close(join_ref.as_deref(), frame.topic.as_str());
-            join_ref.clone_from(&frame.join_ref);
-            self.send(close);
-            self.reply(&frame, &Reply::OkEmpty);
-            return;
+        if let Some(Membership::Joined { join_ref }) = self.memberships.remove(&frame.topic) {
+            // A second join closes the old membership, then joins anew (Phoenix does the
+            // same): the new join gets its own answer (a position, a recovery, presence).
+            self.send(encode_close(join_ref.as_deref(), frame.topic.as_str()));
+            self.outputs.push_back(Output::Leave {
+                topic: frame.topic.clone(),
+            });
         }
         if self.memberships.len() >= self.limits.max_topics {
             self.refused(Refusal::Protocol);
             self.reply_error(&frame, reasons::TOO_MANY_CHANNELS);
             return;
         }
+        let since = match join_params(&frame) {
+            Ok(since) => since,
+            Err(reason) => {
+                self.refused(Refusal::Protocol);
+                self.reply_error(&frame, &reason);
+                return;
+            }
+        };
         self.next_join += 1;
         let join = JoinId(self.next_join);
         let topic = frame.topic.clone();
@@ -432,7 +456,7 @@ impl Connection {
                 waiting: VecDeque::new(),
             },
         );
-        self.outputs.push_back(Output::Join { topic, join });
+        self.outputs.push_back(Output::Join { topic, join, since });
     }
 
     fn leave(&mut self, frame: &ClientFrame, now: Time) {
@@ -541,6 +565,33 @@ impl Connection {
     }
 }
 
+/// The join's parameters the protocol reads: `since`, the last position the client saw (a
+/// string `"<offset>:<epoch>"`, or null). Other parameters are the application's.
+fn join_params(frame: &ClientFrame) -> Result<Option<Position>, String> {
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(default, borrow)]
+        since: Option<&'a serde_json::value::RawValue>,
+    }
+    let Request::Join { payload } = &frame.request else {
+        return Ok(None);
+    };
+    if payload.get() == "{}" {
+        return Ok(None);
+    }
+    let params: Params<'_> = serde_json::from_str(payload.get())
+        .map_err(|err| format!("invalid join parameters: {err}"))?;
+    match params.since.map(serde_json::value::RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(text) => serde_json::from_str::<&str>(text)
+            .ok()
+            .ok_or_else(|| "invalid since: a position is a string \"<offset>:<epoch>\"".to_owned())?
+            .parse()
+            .map(Some)
+            .map_err(|err| format!("invalid since: {err}")),
+    }
+}
+
 /// What a waiting frame costs, near enough: its variable parts.
 fn weight(frame: &ClientFrame) -> usize {
     let request = match &frame.request {
@@ -552,6 +603,21 @@ fn weight(frame: &ClientFrame) -> usize {
         + frame.topic.as_str().len()
         + frame.join_ref.as_ref().map_or(0, String::len)
         + frame.msg_ref.as_ref().map_or(0, String::len)
+}
+
+/// `{"position":"<offset>:<epoch>"}`, with `"recovered"` when the client named a position.
+fn history_response(position: &Position, recovered: Option<bool>) -> Payload {
+    let mut text = format!(r#"{{"position":"{position}""#);
+    if let Some(recovered) = recovered {
+        text.push_str(if recovered {
+            r#","recovered":true"#
+        } else {
+            r#","recovered":false"#
+        });
+    }
+    text.push('}');
+    // unwrap: a position is digits, ':' and letters, so the text is valid JSON (tested).
+    Payload::from_json_string(text).expect("valid JSON")
 }
 
 fn local_only_response() -> Payload {

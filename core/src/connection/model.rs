@@ -244,7 +244,7 @@ impl Driver {
             ensure!(!self.closed, "{output:?} after the close");
             match output {
                 Output::Send(text) => check_sent(&text)?,
-                Output::Join { topic, join } => {
+                Output::Join { topic, join, .. } => {
                     match self.registry.subscribe(self.session, &topic) {
                         Ok(_) => self.joins.push((topic, join)),
                         Err(SubscribeError::TooManyTopics { .. }) => {

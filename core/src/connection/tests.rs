@@ -28,7 +28,12 @@ fn drain(conn: &mut Connection) -> Vec<Value> {
     while let Some(output) = conn.poll() {
         out.push(match output {
             Output::Send(text) => serde_json::from_str(&text).unwrap(),
-            Output::Join { topic, join } => json!({"join": topic.as_str(), "id": join.get()}),
+            Output::Join { topic, join, since } => match since {
+                Some(since) => {
+                    json!({"join": topic.as_str(), "id": join.get(), "since": since.to_string()})
+                }
+                None => json!({"join": topic.as_str(), "id": join.get()}),
+            },
             Output::Leave { topic } => json!({"leave": topic.as_str()}),
             Output::Publish {
                 topic,
@@ -227,11 +232,22 @@ fn a_push_with_a_stale_join_ref_is_answered_by_its_ref_alone() {
     joined(&mut conn, "room:a", "1");
     conn.handle_text(r#"["2","2","room:a","phx_join",{}]"#, t(0));
     assert_eq!(
-        frames(&drain(&mut conn)),
+        drain(&mut conn),
         vec![
             json!(["1", "1", "room:a", "phx_close", {}]),
-            json!(["2", "2", "room:a", "phx_reply", {"status": "ok", "response": {}}]),
+            json!({"leave": "room:a"}),
+            json!({"join": "room:a", "id": 2}),
         ]
+    );
+    conn.handle_join_answer(
+        &Topic::new("room:a").unwrap(),
+        JoinId(2),
+        JoinAnswer::Joined(Reach::Everywhere),
+        t(0),
+    );
+    assert_eq!(
+        frames(&drain(&mut conn)),
+        vec![json!(["2", "2", "room:a", "phx_reply", {"status": "ok", "response": {}}])]
     );
     conn.handle_text(r#"["1","3","room:a","m",{}]"#, t(0));
     assert_eq!(
@@ -414,4 +430,58 @@ fn a_stale_join_answer_is_ignored() {
 #[test]
 fn the_local_only_response_is_json() {
     assert!(local_only_response().is_object());
+}
+
+#[test]
+fn a_join_passes_its_since_and_a_malformed_one_is_refused() {
+    let mut conn = open();
+    conn.handle_text(
+        r#"["1","1","feed:1","phx_join",{"since":"3:ab","x":1}]"#,
+        t(0),
+    );
+    assert_eq!(
+        drain(&mut conn),
+        vec![json!({"join": "feed:1", "id": 1, "since": "3:ab"})]
+    );
+    conn.handle_text(r#"["2","2","feed:2","phx_join",{"since":null}]"#, t(0));
+    assert_eq!(drain(&mut conn), vec![json!({"join": "feed:2", "id": 2})]);
+    for since in [r#""3""#, "3", r#""x:ab""#] {
+        conn.handle_text(
+            &format!(r#"["3","3","feed:3","phx_join",{{"since":{since}}}]"#),
+            t(0),
+        );
+        let out = frames(&drain(&mut conn));
+        assert!(
+            out[0][4]["response"]["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid since"),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_join_of_a_history_topic_replies_its_position_and_whether_it_recovered() {
+    let mut conn = open();
+    conn.handle_text(r#"["1","1","feed:1","phx_join",{"since":"3:ab"}]"#, t(0));
+    let _ = drain(&mut conn);
+    conn.handle_join_answer(
+        &Topic::new("feed:1").unwrap(),
+        JoinId(1),
+        JoinAnswer::JoinedAt {
+            position: "17:ab".parse().unwrap(),
+            recovered: Some(true),
+        },
+        t(1),
+    );
+    assert_eq!(
+        drain(&mut conn),
+        vec![json!(["1", "1", "feed:1", "phx_reply",
+            {"status": "ok", "response": {"position": "17:ab", "recovered": true}}])]
+    );
+    assert_eq!(
+        history_response(&"0:x".parse().unwrap(), None).get(),
+        r#"{"position":"0:x"}"#
+    );
 }

@@ -7,9 +7,12 @@
 //! - [`recovery`]: [`recover`](recovery::recover), the pure merge of a history read and the
 //!   live publications that arrived during it.
 //! - [`ring`]: [`Ring`](ring::Ring), one topic's history in memory.
+//! - [`retention`]: [`HistoryRules`], which topics keep history and how much.
 
 pub mod position;
 pub mod recovery;
+pub mod retention;
 pub mod ring;
 
 pub use position::{Epoch, Position, PositionError};
+pub use retention::{HistoryRules, Retention};

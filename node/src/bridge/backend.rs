@@ -9,18 +9,54 @@ use std::sync::Arc;
 
 use futures_util::future::LocalBoxFuture;
 use switchboard_core::bridge::{EdgeOp, RequestError};
+use switchboard_core::history::recovery::HistoryRead;
+use switchboard_core::history::Position;
 use switchboard_core::Topic;
 use tokio::sync::mpsc;
 
 use crate::metrics::{self, Metrics};
 
-/// A message for the backend: its channel and its text, encoded once.
+/// A message for the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    /// The channel (topic with prefix, or its mapped PostgreSQL name).
-    pub channel: String,
-    /// The message as the backend carries it.
-    pub body: String,
+pub enum Outgoing {
+    /// A message for a channel, encoded once (a topic without history).
+    Message {
+        /// The channel (topic with prefix, or its mapped PostgreSQL name).
+        channel: String,
+        /// The message as the backend carries it.
+        body: String,
+    },
+    /// A publication for a topic with history: the backend gives it its position, records it
+    /// and publishes it, in one step (`switchboard_publish`).
+    Record {
+        /// The topic.
+        topic: Topic,
+        /// The event name.
+        event: String,
+        /// The message, as JSON text.
+        payload: String,
+    },
+}
+
+impl Outgoing {
+    /// Bytes it takes in the queue toward the backend.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Message { channel, body } => channel.len() + body.len(),
+            Self::Record {
+                topic,
+                event,
+                payload,
+            } => topic.as_str().len() + event.len() + payload.len(),
+        }
+    }
+
+    /// Whether it is empty (never: a message always has a channel or a topic).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A message that arrived from the backend.
@@ -107,12 +143,22 @@ pub trait Backend: Unpin + 'static {
         channels: Vec<String>,
     ) -> LocalBoxFuture<'static, Result<(), RequestError>>;
 
-    /// Sends `messages` in order: one result per message, or why the connection failed.
+    /// Sends `messages` in order: one result per message (a record's position), or why the
+    /// connection failed.
     fn publish(
         &self,
         link: &Self::Link,
         messages: Vec<Outgoing>,
-    ) -> LocalBoxFuture<'static, Result<Vec<Result<(), String>>, String>>;
+    ) -> LocalBoxFuture<'static, Result<Vec<Result<Option<Position>, String>>, String>>;
+
+    /// Reads `topic`'s history after offset `after`, at most `limit` publications.
+    fn read_history(
+        &self,
+        link: &Self::Link,
+        topic: &Topic,
+        after: u64,
+        limit: u32,
+    ) -> LocalBoxFuture<'static, Result<HistoryRead, RequestError>>;
 
     /// Checks that every connection of `link` answers.
     fn ping(&self, link: &Self::Link) -> LocalBoxFuture<'static, Result<(), String>>;

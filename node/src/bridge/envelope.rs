@@ -20,6 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use switchboard_core::history::Position;
 use switchboard_core::{Payload, Topic};
 
 use crate::config::EnvelopeFormat;
@@ -32,6 +33,8 @@ struct Meta<'a> {
     event: &'a str,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     origin: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position: Option<&'a str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +56,8 @@ struct PyviewMessage<'a> {
     event: Option<&'a str>,
     #[serde(default, borrow)]
     origin: Option<&'a str>,
+    #[serde(default, borrow)]
+    position: Option<&'a str>,
 }
 
 /// What became of a message read from the shared channel.
@@ -77,6 +82,8 @@ pub struct Decoded {
     pub event: String,
     /// The payload to deliver.
     pub payload: Payload,
+    /// Its place in the topic's stream, when it was published with history.
+    pub position: Option<Position>,
 }
 
 /// The wire format of one node's messages on its backend.
@@ -118,6 +125,7 @@ impl Format {
                 let meta = Meta {
                     event,
                     origin: Some(origin),
+                    position: None,
                 };
                 // Serialising two strings into a String cannot fail.
                 out.push_str(&serde_json::to_string(&meta).unwrap_or_default());
@@ -187,12 +195,18 @@ impl Format {
             Self::Switchboard { origin } => {
                 if let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(&text) {
                     if !envelope.switchboard.event.is_empty() {
-                        if envelope.switchboard.origin == Some(origin.as_str()) {
+                        let position = parse_position(envelope.switchboard.position);
+                        // A publication with history is delivered from the backend by every
+                        // node, its publisher's included.
+                        if position.is_none()
+                            && envelope.switchboard.origin == Some(origin.as_str())
+                        {
                             return None;
                         }
                         return Some(Decoded {
                             event: envelope.switchboard.event.to_owned(),
                             payload: Payload::from_raw_value(envelope.payload.to_owned()),
+                            position,
                         });
                     }
                 }
@@ -200,7 +214,8 @@ impl Format {
             Self::PyviewKeyed { origin } => {
                 if let Ok(message) = serde_json::from_str::<PyviewMessage<'_>>(&text) {
                     if message.topic.get().starts_with('"') {
-                        if message.origin == Some(origin.as_str()) {
+                        let position = parse_position(message.position);
+                        if position.is_none() && message.origin == Some(origin.as_str()) {
                             return None;
                         }
                         let event = message
@@ -210,6 +225,7 @@ impl Format {
                         return Some(Decoded {
                             event: event.to_owned(),
                             payload: Payload::from_raw_value(message.message.to_owned()),
+                            position,
                         });
                     }
                 }
@@ -228,7 +244,14 @@ fn raw(text: &str) -> Decoded {
     Decoded {
         event: DEFAULT_EVENT.to_owned(),
         payload,
+        position: None,
     }
+}
+
+/// A position as an envelope carries it; one that does not parse is ignored (the message is
+/// delivered without it).
+fn parse_position(text: Option<&str>) -> Option<Position> {
+    text.and_then(|text| text.parse().ok())
 }
 
 fn push_json_string(out: &mut String, text: &str) {

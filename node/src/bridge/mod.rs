@@ -33,7 +33,7 @@ use switchboard_core::{Time, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::messages::{Drain, Incoming, UpstreamEdge, UpstreamPublish, UpstreamWait};
+use crate::messages::{Drain, Incoming, UpstreamEdge, UpstreamPublish, UpstreamRead, UpstreamWait};
 use crate::metrics::{self, Metrics};
 pub use backend::Backend;
 use backend::{Connected, Inbox, Outgoing, Received};
@@ -66,6 +66,8 @@ pub struct BridgeActor<B: Backend> {
     epoch: Instant,
     timer: Option<(Time, SpawnHandle)>,
     drains: Vec<oneshot::Sender<()>>,
+    /// How long a history read may take.
+    read_timeout: std::time::Duration,
 }
 
 impl<B: Backend> std::fmt::Debug for BridgeActor<B> {
@@ -90,6 +92,7 @@ impl<B: Backend> BridgeActor<B> {
     ) -> Self {
         Self {
             backend,
+            read_timeout: config.request_timeout(),
             machine: Bridge::new(config, Time::ZERO),
             format,
             link: None,
@@ -315,6 +318,7 @@ impl<B: Backend> BridgeActor<B> {
             topic: topic.clone(),
             event: decoded.event,
             payload: decoded.payload,
+            position: decoded.position,
         };
         if self.incoming.try_send(incoming).is_err() {
             debug!("hub mailbox full; an incoming message is dropped");
@@ -393,14 +397,62 @@ impl<B: Backend> Handler<UpstreamPublish> for BridgeActor<B> {
 
     fn handle(&mut self, msg: UpstreamPublish, ctx: &mut Self::Context) {
         let now = self.now();
-        let body = self.format.encode(&msg.topic, &msg.event, &msg.payload);
-        let bytes = body.len();
-        let outgoing = Outgoing {
-            channel: self.backend.channel(&msg.topic),
-            body,
+        let outgoing = if msg.record {
+            Outgoing::Record {
+                topic: msg.topic,
+                event: msg.event,
+                payload: msg.payload.get().to_owned(),
+            }
+        } else {
+            Outgoing::Message {
+                channel: self.backend.channel(&msg.topic),
+                body: self.format.encode(&msg.topic, &msg.event, &msg.payload),
+            }
         };
+        let bytes = outgoing.len();
         self.machine.handle_publish(outgoing, bytes, msg.ack, now);
         self.perform(ctx);
+    }
+}
+
+impl<B: Backend> Handler<UpstreamRead> for BridgeActor<B> {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpstreamRead, ctx: &mut Self::Context) {
+        let UpstreamRead {
+            topic,
+            after,
+            limit,
+            reply,
+        } = msg;
+        let generation = self.machine.generation();
+        let link = self
+            .machine
+            .is_up()
+            .then(|| self.live(generation))
+            .flatten();
+        let Some(link) = link else {
+            let _ = reply.send(Err(format!(
+                "the {} backend is unreachable",
+                self.backend.name()
+            )));
+            return;
+        };
+        metrics::add(&self.metrics.history_reads, 1);
+        let timeout = self.read_timeout;
+        let read = self.backend.read_history(&link, &topic, after, limit);
+        let request = async move {
+            match tokio::time::timeout(timeout, read).await {
+                Ok(Ok(read)) => Ok(read),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!("the history read took longer than {timeout:?}")),
+            }
+        };
+        // Abandoned with its generation: the reply is then dropped, which the hub reads as
+        // "unavailable".
+        self.run(ctx, request, move |_, result, _, _| {
+            let _ = reply.send(result);
+        });
     }
 }
 

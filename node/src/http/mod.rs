@@ -3,9 +3,11 @@
 //! # Layout
 //! - [`socket`]: `GET /socket/websocket`, the WebSocket upgrade.
 //! - [`publish`]: `POST /api/publish`.
+//! - [`history`]: `GET /api/history`.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod health;
+pub mod history;
 pub mod publish;
 pub mod socket;
 
@@ -54,6 +56,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/socket/websocket", web::get().to(socket::socket))
         .route("/api/publish", web::post().to(publish::publish))
         .route("/api/publish", web::route().to(method_not_allowed))
+        .route("/api/history", web::get().to(history::history))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
@@ -65,6 +68,24 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Htt
     HttpResponse::build(status).json(json!({
         "error": { "code": code, "message": message.to_string() }
     }))
+}
+
+/// Checks the API key of an API request; the refusal is the response to send.
+fn authorized(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    if state.security.api_key_accepted(authorization) {
+        return Ok(());
+    }
+    crate::metrics::add(&state.metrics.unauthorized, 1);
+    Err(HttpResponse::Unauthorized()
+        .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+        .json(json!({"error": {
+            "code": "unauthorized",
+            "message": "this API needs the API key as `Authorization: Bearer <key>`",
+        }})))
 }
 
 async fn method_not_allowed() -> HttpResponse {
@@ -81,7 +102,8 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no route for {} {}; see /socket/websocket, /api/publish, /healthz, /readyz, /metrics",
+            "no route for {} {}; see /socket/websocket, /api/publish, /api/history, /healthz, \
+             /readyz, /metrics",
             req.method(),
             req.path()
         ),

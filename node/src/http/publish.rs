@@ -8,10 +8,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_core::{Payload, Topic};
 
-use super::{error, AppState};
+use super::{authorized, error, AppState};
 use crate::hub::{Publish, Published, UpstreamOutcome};
 use crate::messages::{DEFAULT_EVENT, RESERVED_PREFIX};
-use crate::metrics;
 
 /// The body of `POST /api/publish`.
 #[derive(Debug, Deserialize)]
@@ -28,18 +27,8 @@ pub(super) async fn publish(
     mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let authorization = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok());
-    if !state.security.api_key_accepted(authorization) {
-        metrics::add(&state.metrics.unauthorized, 1);
-        return HttpResponse::Unauthorized()
-            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-            .json(json!({"error": {
-                "code": "unauthorized",
-                "message": "publishing needs the API key as `Authorization: Bearer <key>`",
-            }}));
+    if let Err(refused) = authorized(&req, &state) {
+        return refused;
     }
     let declared = req
         .headers()
@@ -102,7 +91,11 @@ fn answer(published: &Published, backend: &str) -> HttpResponse {
     let recipients = published.recipients;
     match &published.upstream {
         UpstreamOutcome::NotConfigured | UpstreamOutcome::Sent => {
-            HttpResponse::Ok().json(json!({ "ok": true, "recipients": recipients }))
+            let mut body = json!({ "ok": true, "recipients": recipients });
+            if let Some(position) = &published.position {
+                body["position"] = position.to_string().into();
+            }
+            HttpResponse::Ok().json(body)
         }
         UpstreamOutcome::TooLarge(too_large) => HttpResponse::PayloadTooLarge().json(json!({
             "error": {

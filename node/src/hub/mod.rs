@@ -10,15 +10,24 @@
 //! answers a join only once the bridge says the topic's subscription is in effect (undoing
 //! the join when it is not), and answers a publish once the bridge says what became of it.
 //!
+//! A topic with history has a position per publication, carried in each broadcast's ref
+//! slot. Without a backend the hub keeps its streams; with one, the backend gives each
+//! publication its position and every node delivers it from the backend. A join of such a
+//! topic reads the history after being subscribed and hands the session what it missed
+//! (when it asks with `since`) before any later delivery.
+//!
 //! # Layout
 //! - [`outbox`]: bounded delivery from the hub to one session.
 //! - [`upstream`]: the hub's handle on a bridge.
+//! - [`history`]: the memory backend's streams and the sessions recovering a topic.
 
+pub mod history;
 pub mod outbox;
 pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -26,16 +35,20 @@ use switchboard_core::bridge::{EdgeOp, PublishOutcome, WaitOutcome};
 use switchboard_core::connection::{
     reasons, JoinAnswer, JoinRefusal, PublishAnswer, PushAck, Reach,
 };
+use switchboard_core::history::recovery::{recover, HistoryRead, Publication};
+use switchboard_core::history::{HistoryRules, Position};
 use switchboard_core::{
-    encode_broadcast, Payload, Registry, SessionId, SubscribeError, Subscribed, Topic, Unsubscribed,
+    encode_parts, Payload, Registry, SessionId, SubscribeError, Subscribed, Time, Topic,
+    Unsubscribed,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::messages::{
-    CloseSession, Incoming, PushAnswered, UpstreamEdge, UpstreamPublish, UpstreamWait,
+    CloseSession, Incoming, PushAnswered, UpstreamEdge, UpstreamPublish, UpstreamRead, UpstreamWait,
 };
 use crate::metrics::{self, Metrics};
+use history::Histories;
 use outbox::{Outbox, Overflow};
 use upstream::{TooLarge, Upstream};
 
@@ -61,23 +74,33 @@ pub struct Hub {
     sessions: HashMap<SessionId, SessionEntry>,
     metrics: Arc<Metrics>,
     upstream: Option<Upstream>,
+    histories: Histories,
+    /// The hub's clock starts when it does.
+    started: Instant,
 }
 
 impl Hub {
     /// A hub allowing each session `max_topics_per_session` topics, bridged to other nodes
-    /// through `upstream` when there is one.
+    /// through `upstream` when there is one, keeping history for the topics `history` names.
     #[must_use]
     pub fn new(
         max_topics_per_session: usize,
         metrics: Arc<Metrics>,
         upstream: Option<Upstream>,
+        history: HistoryRules,
     ) -> Self {
         Self {
             registry: Registry::with_max_topics_per_session(max_topics_per_session),
             sessions: HashMap::new(),
             metrics,
             upstream,
+            histories: Histories::new(history),
+            started: Instant::now(),
         }
+    }
+
+    fn now(&self) -> Time {
+        Time::from_since_epoch(self.started.elapsed())
     }
 
     /// Tells the bridge about an edge. Edges are never dropped (`do_send` ignores the
@@ -100,6 +123,7 @@ impl Hub {
     /// Unsubscribes a session from everything and forgets it.
     fn forget(&mut self, id: SessionId) -> Option<SessionEntry> {
         let entry = self.sessions.remove(&id);
+        self.histories.forget(id);
         let emptied = self.registry.disconnect(id);
         for topic in emptied.topics {
             self.edge(topic, EdgeOp::Unsubscribe);
@@ -126,13 +150,17 @@ impl Hub {
         }
     }
 
-    /// Offers `frame` to every local subscriber of `topic`; returns how many it was queued for.
-    fn fan_out(&mut self, topic: &str, frame: &ByteString) -> usize {
+    /// Offers `frame` to every local subscriber of `topic` but those in `skip`; returns how
+    /// many it was queued for.
+    fn fan_out(&mut self, topic: &str, frame: &ByteString, skip: &[SessionId]) -> usize {
         let mut queued = 0;
         let mut slow = Vec::new();
         let mut gone = Vec::new();
         let sessions = &self.sessions;
         self.registry.for_each_subscriber(topic, |id| {
+            if skip.contains(&id) {
+                return;
+            }
             if let Some(entry) = sessions.get(&id) {
                 match entry.outbox.offer(frame) {
                     Ok(()) => queued += 1,
@@ -151,19 +179,124 @@ impl Hub {
         queued
     }
 
-    /// Encodes the broadcast once and queues it for every local subscriber.
-    fn deliver_locally(&mut self, topic: &Topic, event: &str, payload: &Payload) -> usize {
-        if self.registry.subscriber_count(topic.as_str()) == 0 {
+    /// Encodes the broadcast once (with its position in the ref slot, when it has one) and
+    /// queues it for every local subscriber; a session recovering the topic gets it after its
+    /// recovery instead.
+    fn deliver_locally(
+        &mut self,
+        topic: &Topic,
+        event: &str,
+        payload: &Payload,
+        position: Option<&Position>,
+    ) -> usize {
+        let skip: Vec<SessionId> = match position {
+            Some(position) if self.histories.is_recovering(topic) => {
+                self.histories.buffer(
+                    topic,
+                    &Publication {
+                        position: position.clone(),
+                        event: event.to_owned(),
+                        payload: payload.clone(),
+                    },
+                );
+                self.histories.recovering(topic).collect()
+            }
+            _ => Vec::new(),
+        };
+        if self.registry.subscriber_count(topic.as_str()) <= skip.len() {
             return 0;
         }
-        let encoded = encode_broadcast(topic.as_str(), event, payload);
-        // The core encodes UTF-8 JSON, so this check cannot fail; it runs once per message,
-        // not once per subscriber.
-        let Ok(frame) = ByteString::try_from(encoded.into_bytes()) else {
-            return 0;
-        };
-        self.fan_out(topic.as_str(), &frame)
+        let frame = broadcast_frame(topic, event, payload, position);
+        self.fan_out(topic.as_str(), &frame, &skip)
     }
+
+    /// Ends a session's recovery of `topic` with `read` (or why there is none): hands the
+    /// session what it missed and what arrived meanwhile, and says how to answer its join.
+    fn finish_recovery(
+        &mut self,
+        session: SessionId,
+        topic: &Topic,
+        recovery: u64,
+        since: Option<&Position>,
+        read: Result<HistoryRead, String>,
+    ) -> JoinAnswer {
+        let Some(recovering) = self.histories.end_recovery(topic, recovery) else {
+            // The session went away meanwhile.
+            return JoinAnswer::Refused(JoinRefusal::Unavailable);
+        };
+        let read = match read {
+            Ok(read) => read,
+            Err(reason) => {
+                if since.is_some() {
+                    metrics::add(&self.metrics.recoveries_failed, 1);
+                }
+                debug!(%topic, session = %session, %reason, "history unavailable; join undone");
+                self.undo_join(session, topic);
+                return JoinAnswer::Refused(JoinRefusal::HistoryUnavailable { reason });
+            }
+        };
+        let live = if recovering.overflowed {
+            Vec::new()
+        } else {
+            recovering.live
+        };
+        let mut recovery = recover(since, read, live);
+        if recovering.overflowed && recovery.recovered == Some(true) {
+            // Live publications were lost from the buffer: the stream would have a hole.
+            recovery.recovered = Some(false);
+            recovery.deliver.clear();
+        }
+        match recovery.recovered {
+            Some(true) => metrics::add(&self.metrics.recoveries_succeeded, 1),
+            Some(false) => metrics::add(&self.metrics.recoveries_failed, 1),
+            None => {}
+        }
+        if let Some(entry) = self.sessions.get(&session) {
+            // The session sends the join's reply first, then releases what is queued here.
+            entry.outbox.hold();
+            let mut slow = false;
+            for publication in &recovery.deliver {
+                let frame = broadcast_frame(
+                    topic,
+                    &publication.event,
+                    &publication.payload,
+                    Some(&publication.position),
+                );
+                match entry.outbox.offer(&frame) {
+                    Ok(()) => metrics::add(&self.metrics.frames_out, 1),
+                    Err(_) => {
+                        slow = true;
+                        break;
+                    }
+                }
+            }
+            if slow {
+                self.evict_slow(session);
+                return JoinAnswer::Refused(JoinRefusal::Unavailable);
+            }
+        }
+        JoinAnswer::JoinedAt {
+            position: recovery.position,
+            recovered: recovery.recovered,
+        }
+    }
+}
+
+/// `[null, <position or null>, topic, event, payload]`, encoded once for every subscriber.
+fn broadcast_frame(
+    topic: &Topic,
+    event: &str,
+    payload: &Payload,
+    position: Option<&Position>,
+) -> ByteString {
+    let position = position.map(ToString::to_string);
+    ByteString::from(encode_parts(
+        None,
+        position.as_deref(),
+        topic.as_str(),
+        event,
+        payload.get(),
+    ))
 }
 
 impl Actor for Hub {
@@ -172,6 +305,8 @@ impl Actor for Hub {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(HUB_MAILBOX_CAPACITY);
         ctx.run_interval(SWEEP_INTERVAL, |hub, _| {
+            let now = hub.now();
+            hub.histories.sweep(now);
             let gone: Vec<SessionId> = hub
                 .sessions
                 .iter()
@@ -231,7 +366,8 @@ impl Handler<Disconnect> for Hub {
 }
 
 /// Subscribe a session to a topic (a `phx_join`). Answered once the subscription is in effect
-/// everywhere it can be (see the module doc).
+/// everywhere it can be, and, for a topic with history, once the session has been handed what
+/// it missed since `since` (see the module doc).
 #[derive(Debug, Message)]
 #[rtype(result = "JoinAnswer")]
 pub struct Subscribe {
@@ -239,13 +375,25 @@ pub struct Subscribe {
     pub session: SessionId,
     /// The topic.
     pub topic: Topic,
+    /// The last position the client saw, to recover from.
+    pub since: Option<Position>,
+}
+
+/// What a history read asks for: after the client's position, as much as the history holds;
+/// without one, only the stream's state.
+fn read_bounds(since: Option<&Position>, size: u32) -> (u64, u32) {
+    since.map_or((0, 0), |since| (since.offset, size))
 }
 
 impl Handler<Subscribe> for Hub {
     type Result = ActorResponse<Self, JoinAnswer>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
-        let Subscribe { session, topic } = msg;
+        let Subscribe {
+            session,
+            topic,
+            since,
+        } = msg;
         match self.registry.subscribe(session, &topic) {
             Ok(Subscribed::FirstLocal) => {
                 debug!(%topic, "first local subscriber");
@@ -258,28 +406,83 @@ impl Handler<Subscribe> for Hub {
             Err(_) => return ActorResponse::reply(JoinAnswer::Refused(JoinRefusal::Unavailable)),
         }
         self.update_gauges();
+        let retention = self.histories.retention(&topic);
+        if retention.is_some() && since.is_some() {
+            metrics::add(&self.metrics.recoveries, 1);
+        }
+        // From now on the topic's deliveries to this session wait for its recovery.
+        let recovery = retention.map(|_| self.histories.begin_recovery(&topic, session));
         let Some(upstream) = &self.upstream else {
-            return ActorResponse::reply(JoinAnswer::Joined(Reach::Everywhere));
+            let (Some(retention), Some(recovery)) = (retention, recovery) else {
+                return ActorResponse::reply(JoinAnswer::Joined(Reach::Everywhere));
+            };
+            metrics::add(&self.metrics.history_reads, 1);
+            let (after, limit) = read_bounds(since.as_ref(), retention.size);
+            let now = self.now();
+            let read = self
+                .histories
+                .read(&topic, retention, after, limit as usize, now);
+            let answer = self.finish_recovery(session, &topic, recovery, since.as_ref(), Ok(read));
+            return ActorResponse::reply(answer);
         };
-        let after = upstream.subscribe_timeout;
+        let timeout = upstream.subscribe_timeout;
+        let reads = upstream.read.clone();
         let (reply, answer) = oneshot::channel();
         upstream.wait.do_send(UpstreamWait {
             topic: topic.clone(),
             reply,
         });
-        ActorResponse::r#async(answer.into_actor(self).map(move |outcome, hub, _| {
-            let refusal = match outcome {
-                Ok(WaitOutcome::Confirmed) => return JoinAnswer::Joined(Reach::Everywhere),
-                Ok(WaitOutcome::LocalOnly) => return JoinAnswer::Joined(Reach::LocalOnly),
-                Ok(WaitOutcome::TimedOut) => JoinRefusal::UpstreamTimeout { after },
-                Ok(WaitOutcome::Refused(reason)) => JoinRefusal::UpstreamRefused { reason },
-                Ok(_) | Err(_) => JoinRefusal::Unavailable,
+        let joined = answer.into_actor(self).then(move |outcome, hub, _| {
+            let refusal = match (outcome, retention.zip(recovery)) {
+                (Ok(WaitOutcome::Confirmed), None) => {
+                    return ready(JoinAnswer::Joined(Reach::Everywhere));
+                }
+                (Ok(WaitOutcome::Confirmed), Some((retention, recovery))) => {
+                    let (after, limit) = read_bounds(since.as_ref(), retention.size);
+                    let (reply, read) = oneshot::channel();
+                    reads.do_send(UpstreamRead {
+                        topic: topic.clone(),
+                        after,
+                        limit,
+                        reply,
+                    });
+                    let answer = read.into_actor(hub).map(move |read, hub, _| {
+                        let read = read.unwrap_or_else(|_| Err("the bridge stopped".into()));
+                        hub.finish_recovery(session, &topic, recovery, since.as_ref(), read)
+                    });
+                    return Box::pin(answer);
+                }
+                (Ok(WaitOutcome::LocalOnly), recovering) => {
+                    let Some((_, recovery)) = recovering else {
+                        return ready(JoinAnswer::Joined(Reach::LocalOnly));
+                    };
+                    let _ = hub.histories.end_recovery(&topic, recovery);
+                    if since.is_none() {
+                        return ready(JoinAnswer::Joined(Reach::LocalOnly));
+                    }
+                    metrics::add(&hub.metrics.recoveries_failed, 1);
+                    JoinRefusal::HistoryUnavailable {
+                        reason: "the backend is unreachable".into(),
+                    }
+                }
+                (Ok(WaitOutcome::TimedOut), _) => JoinRefusal::UpstreamTimeout { after: timeout },
+                (Ok(WaitOutcome::Refused(reason)), _) => JoinRefusal::UpstreamRefused { reason },
+                (Ok(_) | Err(_), _) => JoinRefusal::Unavailable,
             };
+            if let Some(recovery) = recovery {
+                let _ = hub.histories.end_recovery(&topic, recovery);
+            }
             debug!(%topic, session = %session, %refusal, "join undone");
             hub.undo_join(session, &topic);
-            JoinAnswer::Refused(refusal)
-        }))
+            ready(JoinAnswer::Refused(refusal))
+        });
+        ActorResponse::r#async(joined)
     }
+}
+
+/// An answer the hub has at once, as the boxed future the join's other answers are.
+fn ready(answer: JoinAnswer) -> fut::LocalBoxActorFuture<Hub, JoinAnswer> {
+    Box::pin(fut::ready(answer))
 }
 
 /// Unsubscribe a session from a topic (a `phx_leave`).
@@ -316,10 +519,12 @@ pub struct Publish {
 /// What a [`Publish`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    /// Local sessions the message was queued for.
+    /// Local sessions the message was (or, with history on a backend, will be) delivered to.
     pub recipients: usize,
     /// Whether other nodes get it.
     pub upstream: UpstreamOutcome,
+    /// Its place in the topic's stream, when the topic has history.
+    pub position: Option<Position>,
 }
 
 /// Whether a publish reached the shared backend.
@@ -354,40 +559,75 @@ impl Hub {
                 return Pending::Now(Published {
                     recipients: 0,
                     upstream: UpstreamOutcome::TooLarge(too_large),
+                    position: None,
                 });
             }
         }
         metrics::add(&self.metrics.publishes, 1);
-        let recipients = self.deliver_locally(&msg.topic, &msg.event, &msg.payload);
-        let Some(upstream) = &self.upstream else {
+        let retention = self.histories.retention(&msg.topic);
+        if self.upstream.is_none() {
+            // Alone: the hub keeps the streams.
+            let position = retention.map(|retention| {
+                let now = self.now();
+                self.histories.append(
+                    &msg.topic,
+                    retention,
+                    msg.event.clone(),
+                    msg.payload.clone(),
+                    now,
+                )
+            });
+            let recipients =
+                self.deliver_locally(&msg.topic, &msg.event, &msg.payload, position.as_ref());
             return Pending::Now(Published {
                 recipients,
                 upstream: UpstreamOutcome::NotConfigured,
+                position,
             });
+        }
+        // With history the backend gives the position and every node delivers from the
+        // backend, this one included; without, this node delivers first.
+        let record = retention.is_some();
+        let recipients = if record {
+            self.registry.subscriber_count(msg.topic.as_str())
+        } else {
+            self.deliver_locally(&msg.topic, &msg.event, &msg.payload, None)
         };
         let (ack, outcome) = oneshot::channel();
         let forward = UpstreamPublish {
             topic: msg.topic,
             event: msg.event,
             payload: msg.payload,
+            record,
             ack,
+        };
+        // A publication with history that the backend did not take was delivered nowhere.
+        let delivered = move |sent: bool| if sent || !record { recipients } else { 0 };
+        let Some(upstream) = &self.upstream else {
+            return Pending::Now(Published {
+                recipients: 0,
+                upstream: UpstreamOutcome::Unavailable,
+                position: None,
+            });
         };
         if upstream.publish.try_send(forward).is_err() {
             metrics::add(&self.metrics.bridge_lost, 1);
             return Pending::Now(Published {
-                recipients,
+                recipients: delivered(false),
                 upstream: UpstreamOutcome::Unavailable,
+                position: None,
             });
         }
         Pending::Later(Box::pin(async move {
-            let upstream = match outcome.await {
-                Ok(PublishOutcome::Sent) => UpstreamOutcome::Sent,
-                Ok(PublishOutcome::Refused(reason)) => UpstreamOutcome::Refused(reason),
-                Ok(_) | Err(_) => UpstreamOutcome::Unavailable,
+            let (upstream, position) = match outcome.await {
+                Ok(PublishOutcome::Sent { position }) => (UpstreamOutcome::Sent, position),
+                Ok(PublishOutcome::Refused(reason)) => (UpstreamOutcome::Refused(reason), None),
+                Ok(_) | Err(_) => (UpstreamOutcome::Unavailable, None),
             };
             Published {
-                recipients,
+                recipients: delivered(upstream == UpstreamOutcome::Sent),
                 upstream,
+                position,
             }
         }))
     }
@@ -456,7 +696,55 @@ impl Handler<Incoming> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: Incoming, _: &mut Self::Context) {
-        let _ = self.deliver_locally(&msg.topic, &msg.event, &msg.payload);
+        let _ = self.deliver_locally(&msg.topic, &msg.event, &msg.payload, msg.position.as_ref());
+    }
+}
+
+/// Read a topic's history (`GET /api/history`): the publications after `after`, at most
+/// `limit`, or why there are none.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<HistoryRead, String>")]
+pub struct ReadHistory {
+    /// The topic.
+    pub topic: Topic,
+    /// Publications after this offset.
+    pub after: u64,
+    /// At most this many.
+    pub limit: u32,
+}
+
+impl Handler<ReadHistory> for Hub {
+    type Result = ResponseFuture<Result<HistoryRead, String>>;
+
+    fn handle(&mut self, msg: ReadHistory, _: &mut Self::Context) -> Self::Result {
+        let ReadHistory {
+            topic,
+            after,
+            limit,
+        } = msg;
+        let Some(retention) = self.histories.retention(&topic) else {
+            return Box::pin(async move { Err(format!("topic {topic:?} keeps no history")) });
+        };
+        let limit = limit.min(retention.size);
+        let Some(upstream) = &self.upstream else {
+            metrics::add(&self.metrics.history_reads, 1);
+            let now = self.now();
+            let read = self
+                .histories
+                .read(&topic, retention, after, limit as usize, now);
+            return Box::pin(async move { Ok(read) });
+        };
+        let (reply, read) = oneshot::channel();
+        upstream.read.do_send(UpstreamRead {
+            topic,
+            after,
+            limit,
+            reply,
+        });
+        Box::pin(async move {
+            read.await
+                .unwrap_or_else(|_| Err("the bridge stopped".into()))
+        })
     }
 }
 

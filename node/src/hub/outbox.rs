@@ -37,6 +37,8 @@ pub enum Overflow {
 struct Queued {
     frames: VecDeque<ByteString>,
     bytes: usize,
+    /// Holds in force: while any is, nothing is drained (see [`FrameQueue::hold`]).
+    held: usize,
 }
 
 /// Frames offered to one session and not yet handed to its socket. Shared by the hub (pushes)
@@ -76,11 +78,28 @@ impl FrameQueue {
         Ok(queued.frames.len() == 1)
     }
 
-    /// Takes every queued frame, oldest first.
+    /// Takes every queued frame, oldest first (none while the queue is held).
     pub fn drain(&self) -> VecDeque<ByteString> {
         let mut queued = self.lock();
+        if queued.held > 0 {
+            return VecDeque::new();
+        }
         queued.bytes = 0;
         std::mem::take(&mut queued.frames)
+    }
+
+    /// Keeps what is queued from being drained until [`release`](Self::release): the hub
+    /// holds a session's queue while it queues a recovering join's replay, so the session can
+    /// send the join's reply before it.
+    pub fn hold(&self) {
+        self.lock().held += 1;
+    }
+
+    /// Ends one [`hold`](Self::hold): whether frames are waiting to be drained.
+    pub fn release(&self) -> bool {
+        let mut queued = self.lock();
+        queued.held = queued.held.saturating_sub(1);
+        queued.held == 0 && !queued.frames.is_empty()
     }
 
     /// Bytes queued now.
@@ -102,6 +121,11 @@ impl Outbox {
     #[must_use]
     pub const fn new(queue: Arc<FrameQueue>, wake: Recipient<Flush>) -> Self {
         Self { queue, wake }
+    }
+
+    /// Holds the session's queue (see [`FrameQueue::hold`]); the session releases it.
+    pub fn hold(&self) {
+        self.queue.hold();
     }
 
     /// Queues `frame` for the session unless that would pass the queue's bounds.
@@ -142,6 +166,18 @@ mod tests {
             Ok(true),
             "empty again: the next push wakes"
         );
+    }
+
+    #[test]
+    fn a_held_queue_is_not_drained_until_released() {
+        let queue = FrameQueue::new(1024);
+        queue.hold();
+        let frame = ByteString::from("x");
+        let _ = queue.push(&frame);
+        assert!(queue.drain().is_empty());
+        assert!(queue.release(), "frames wait");
+        assert_eq!(queue.drain().len(), 1);
+        assert!(!queue.release(), "releasing an unheld queue is harmless");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use switchboard_core::{Payload, Topic};
 
-use crate::messages::{UpstreamEdge, UpstreamPublish, UpstreamWait};
+use crate::messages::{UpstreamEdge, UpstreamPublish, UpstreamRead, UpstreamWait};
 
 /// Measures a message as the bridge would send it (its envelope included), in bytes.
 pub type Measure = Arc<dyn Fn(&Topic, &str, &Payload) -> usize + Send + Sync>;
@@ -86,6 +86,8 @@ pub struct Upstream {
     pub wait: Recipient<UpstreamWait>,
     /// Where publishes go (refused when the bridge's mailbox is full).
     pub publish: Recipient<UpstreamPublish>,
+    /// Where history reads go.
+    pub read: Recipient<UpstreamRead>,
 }
 
 impl Upstream {
@@ -96,7 +98,8 @@ impl Upstream {
         A: Actor<Context = Context<A>>
             + Handler<UpstreamEdge>
             + Handler<UpstreamWait>
-            + Handler<UpstreamPublish>,
+            + Handler<UpstreamPublish>
+            + Handler<UpstreamRead>,
     {
         Self {
             backend,
@@ -105,6 +108,7 @@ impl Upstream {
             edges: bridge.clone().recipient(),
             wait: bridge.clone().recipient(),
             publish: bridge.clone().recipient(),
+            read: bridge.clone().recipient(),
         }
     }
 

@@ -48,23 +48,27 @@ impl Security {
                 .channels
                 .iter()
                 .find(|(namespace, _)| namespace == "*")
-                .map_or(Access::SECURE_DEFAULT, |(_, access)| Access {
-                    join: access.join,
-                    push: access.push,
+                .map_or(Access::SECURE_DEFAULT, |(_, channel)| Access {
+                    join: channel.join.unwrap_or(Access::SECURE_DEFAULT.join),
+                    push: channel.push.unwrap_or(Access::SECURE_DEFAULT.push),
                 });
             let mut rules = ChannelRules::new(fallback);
-            for (namespace, access) in config.channels.iter().filter(|(n, _)| n != "*") {
+            for (namespace, channel) in config.channels.iter().filter(|(n, _)| n != "*") {
                 rules.set(
                     namespace.clone(),
                     Access {
-                        join: access.join,
-                        push: access.push,
+                        join: channel.join.unwrap_or(fallback.join),
+                        push: channel.push.unwrap_or(fallback.push),
                     },
                 );
             }
             rules
         } else {
-            if !config.channels.is_empty() {
+            if config
+                .channels
+                .iter()
+                .any(|(_, channel)| channel.join.is_some() || channel.push.is_some())
+            {
                 warn!("channel rules are not enforced without --token-secret");
             }
             ChannelRules::new(Access::OPEN)

@@ -86,7 +86,7 @@ impl WsSession {
                     metrics::add(&self.metrics.frames_out, 1);
                     ctx.text(text);
                 }
-                Output::Join { topic, join } => {
+                Output::Join { topic, join, since } => {
                     let Some(session) = self.id else {
                         let now = self.now();
                         let answer = JoinAnswer::Refused(JoinRefusal::Unavailable);
@@ -96,14 +96,23 @@ impl WsSession {
                     let subscribe = Subscribe {
                         session,
                         topic: topic.clone(),
+                        since,
                     };
                     ctx.spawn(self.hub.send(subscribe).into_actor(self).map(
                         move |answer, act, ctx| {
                             let answer =
                                 answer.unwrap_or(JoinAnswer::Refused(JoinRefusal::Unavailable));
+                            // The hub held the queue while it queued what the join recovers:
+                            // the reply goes first, then everything queued.
+                            let held = matches!(answer, JoinAnswer::JoinedAt { .. });
                             let now = act.now();
                             act.engine.handle_join_answer(&topic, join, answer, now);
                             act.drive(ctx);
+                            if held && act.queue.release() {
+                                for frame in act.queue.drain() {
+                                    ctx.text(frame);
+                                }
+                            }
                         },
                     ));
                 }

@@ -10,10 +10,16 @@
 //! PostgreSQL says which backend process sent each notification, so this node recognises its
 //! own echo by the publishing connection's process id.
 //!
+//! When a namespace keeps history the node installs its [tables and functions](history) on
+//! every connect, publishes those topics' messages with `SELECT switchboard_publish(...)` (in
+//! the same pipeline, so the order holds) and reads them with `switchboard_history`.
+//!
 //! # Layout
 //! - [`channel`]: topic → channel names (PostgreSQL's 63-byte identifier limit).
+//! - [`history`]: the SQL installed for history.
 
 pub mod channel;
+pub mod history;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,6 +27,8 @@ use std::sync::Arc;
 use futures_util::future::{self, join_all, LocalBoxFuture};
 use futures_util::{FutureExt as _, StreamExt as _};
 use switchboard_core::bridge::{EdgeOp, RequestError};
+use switchboard_core::history::recovery::HistoryRead;
+use switchboard_core::history::{HistoryRules, Position};
 use switchboard_core::Topic;
 use tokio::sync::oneshot;
 use tokio_postgres::tls::NoTlsStream;
@@ -35,12 +43,18 @@ pub const MAX_PAYLOAD_BYTES: usize = 7999;
 
 /// What the bridge publishes with.
 const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2)";
+/// What the bridge publishes with history with.
+const RECORD_SQL: &str = "SELECT switchboard_publish($1, $2::text::jsonb, $3)";
+/// What the bridge reads history with.
+const HISTORY_SQL: &str = "SELECT switchboard_history($1, $2, $3)::text";
 
 /// The connections of one generation.
 pub struct PgLink {
     listener: Client,
     publisher: Client,
     notify: Statement,
+    /// `switchboard_publish` and `switchboard_history`, when history is installed.
+    history: Option<(Statement, Statement)>,
 }
 
 /// The PostgreSQL adapter.
@@ -48,6 +62,8 @@ pub struct PgLink {
 pub struct PostgresBackend {
     config: tokio_postgres::Config,
     prefix: Arc<str>,
+    /// The SQL to install on connect, when a namespace keeps history.
+    install: Option<Arc<str>>,
 }
 
 /// Parses a `--database-url`: a `postgres://` / `postgresql://` URL or a `key=value`
@@ -65,14 +81,19 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Er
 
 impl PostgresBackend {
     /// An adapter for the database at `url`, with channel = `prefix` + topic (mapped when
-    /// longer than 63 bytes, see [`channel`]).
+    /// longer than 63 bytes, see [`channel`]) and history for the namespaces `rules` name.
     ///
     /// # Errors
     /// The URL is not a valid connection string.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, tokio_postgres::Error> {
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        rules: &HistoryRules,
+    ) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             config: parse_url(url)?,
             prefix: prefix.into(),
+            install: (!rules.is_empty()).then(|| history::install_sql(prefix, rules).into()),
         })
     }
 }
@@ -149,6 +170,7 @@ impl Backend for PostgresBackend {
         inbox: Inbox,
     ) -> LocalBoxFuture<'static, Result<Connected<Rc<PgLink>>, String>> {
         let config = self.config.clone();
+        let install = self.install.clone();
         async move {
             let fail = |err: tokio_postgres::Error| err.to_string();
             let (publisher, connection) = config.connect(NoTls).await.map_err(fail)?;
@@ -158,6 +180,20 @@ impl Backend for PostgresBackend {
                 .await
                 .map_err(fail)?;
             let notify = publisher.prepare(NOTIFY_SQL).await.map_err(fail)?;
+            let history = match install {
+                Some(sql) => {
+                    publisher.batch_execute(&sql[..]).await.map_err(|err| {
+                        format!(
+                            "cannot install the switchboard history tables and functions \
+                             (the database user needs CREATE on its schema): {err}"
+                        )
+                    })?;
+                    let record = publisher.prepare(RECORD_SQL).await.map_err(fail)?;
+                    let read = publisher.prepare(HISTORY_SQL).await.map_err(fail)?;
+                    Some((record, read))
+                }
+                None => None,
+            };
             let own_pid: i32 = publisher
                 .query_one("SELECT pg_backend_pid()", &[])
                 .await
@@ -182,6 +218,7 @@ impl Backend for PostgresBackend {
                     listener,
                     publisher,
                     notify,
+                    history,
                 }),
                 closed,
             })
@@ -209,26 +246,75 @@ impl Backend for PostgresBackend {
         &self,
         link: &Rc<PgLink>,
         messages: Vec<Outgoing>,
-    ) -> LocalBoxFuture<'static, Result<Vec<Result<(), String>>, String>> {
+    ) -> LocalBoxFuture<'static, Result<Vec<Result<Option<Position>, String>>, String>> {
         let link = Rc::clone(link);
         async move {
             // join_all polls the futures in order the first time, which is when each sends
             // its query: the pipeline keeps the publishing order.
             let results = join_all(messages.iter().map(|message| {
-                link.publisher
-                    .execute_raw(&link.notify, [&message.channel, &message.body])
+                let link = Rc::clone(&link);
+                async move {
+                    match message {
+                        Outgoing::Message { channel, body } => link
+                            .publisher
+                            .execute_raw(&link.notify, [channel, body])
+                            .await
+                            .map(|_| None),
+                        Outgoing::Record {
+                            topic,
+                            event,
+                            payload,
+                        } => {
+                            let Some((record, _)) = &link.history else {
+                                return Ok(None);
+                            };
+                            let row = link
+                                .publisher
+                                .query_one(record, &[&topic.as_str(), payload, event])
+                                .await?;
+                            let position: Option<String> = row.get(0);
+                            Ok(position.and_then(|text| text.parse().ok()))
+                        }
+                    }
+                }
             }))
             .await;
             results
                 .into_iter()
                 .map(|result| match result {
-                    Ok(_) => Ok(Ok(())),
+                    Ok(position) => Ok(Ok(position)),
                     Err(err) => match classify(&err) {
                         RequestError::Refused(reason) => Ok(Err(reason)),
                         _ => Err(err.to_string()),
                     },
                 })
                 .collect()
+        }
+        .boxed_local()
+    }
+
+    fn read_history(
+        &self,
+        link: &Rc<PgLink>,
+        topic: &Topic,
+        after: u64,
+        limit: u32,
+    ) -> LocalBoxFuture<'static, Result<HistoryRead, RequestError>> {
+        let link = Rc::clone(link);
+        let topic = topic.clone();
+        async move {
+            let Some((_, read)) = &link.history else {
+                return Err(RequestError::Refused("history is not installed".into()));
+            };
+            let after = i64::try_from(after).unwrap_or(i64::MAX);
+            let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+            let row = link
+                .publisher
+                .query_one(read, &[&topic.as_str(), &after, &limit])
+                .await
+                .map_err(|err| classify(&err))?;
+            let text: String = row.get(0);
+            history::parse_read(&text).map_err(RequestError::Failed)
         }
         .boxed_local()
     }

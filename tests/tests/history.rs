@@ -1,0 +1,253 @@
+//! History and recovery (docs/history.md) on every backend: positions in the ref slot, a
+//! join's reply with the stream's position, recovery of exactly what was missed (or
+//! `recovered: false`), `GET /api/history`, and the backends' own ways to publish with history
+//! (Redis' `FCALL switchboard_publish`, PostgreSQL's `SELECT switchboard_publish(...)` in a
+//! transaction).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use switchboard_e2e::backend::{BackendKind, BackendServer};
+use switchboard_e2e::redis::wait_bridge_up;
+use switchboard_e2e::{http, Client, Node, PhxFrame as _};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A config file giving `feed` a history of 100 and `short` one of 3.
+fn config_file(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "switchboard-history-{name}-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &path,
+        "[channels.feed]\nhistory = 100\nhistory_ttl = \"10m\"\n\n[channels.short]\nhistory = 3\n",
+    )
+    .expect("config file");
+    path
+}
+
+/// Two nodes sharing `kind` (for memory, one node twice).
+struct Cluster {
+    a: Node,
+    b: Option<Node>,
+    server: Option<BackendServer>,
+}
+
+impl Cluster {
+    async fn start(kind: Option<BackendKind>, name: &str) -> Self {
+        let config = config_file(name);
+        let mut args = vec![
+            "--config".to_owned(),
+            config.to_string_lossy().into_owned(),
+            "--join-rate".to_owned(),
+            "1000".to_owned(),
+        ];
+        let server = kind.map(BackendServer::start);
+        if let Some(server) = &server {
+            args.extend(server.node_args(&server.url()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let a = Node::start(&args);
+        let b = server.as_ref().map(|_| Node::start(&args));
+        if let Some(b) = &b {
+            wait_bridge_up(&[&a, b]).await;
+        }
+        Self { a, b, server }
+    }
+
+    fn b(&self) -> &Node {
+        self.b.as_ref().unwrap_or(&self.a)
+    }
+}
+
+async fn publish(node: &Node, topic: &str, n: u64) -> String {
+    let response = http::publish(node.addr(), topic, Some("m"), &json!({ "n": n })).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["position"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no position in {}", response.text()))
+        .to_owned()
+}
+
+/// The next `count` broadcasts on `topic`: (position, n).
+async fn received(client: &mut Client, topic: &str, count: usize) -> Vec<(String, u64)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let frame = client.broadcast(topic, "m").await;
+        got.push((
+            frame.msg_ref().unwrap_or("no position").to_owned(),
+            frame.payload()["n"].as_u64().unwrap_or(u64::MAX),
+        ));
+    }
+    got
+}
+
+fn offset(position: &str) -> u64 {
+    position
+        .split(':')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .unwrap_or(0)
+}
+
+fn epoch(position: &str) -> &str {
+    position.split(':').nth(1).unwrap_or_default()
+}
+
+/// The scenarios every backend passes.
+async fn scenario(kind: Option<BackendKind>) {
+    let name = kind.map_or("memory", BackendKind::name);
+    let cluster = Cluster::start(kind, name).await;
+    let (a, b) = (&cluster.a, cluster.b());
+    let topic = "feed:1";
+
+    // Positions count up in one epoch; the HTTP answer says each.
+    let mut positions = Vec::new();
+    for n in 1..=5 {
+        positions.push(publish(a, topic, n).await);
+    }
+    let stream = epoch(&positions[0]).to_owned();
+    assert!(!stream.is_empty());
+    assert_eq!(
+        positions.iter().map(|p| offset(p)).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5],
+        "{positions:?}"
+    );
+    assert!(positions.iter().all(|p| epoch(p) == stream));
+
+    // A join says where the stream stands; live broadcasts carry their position as the ref.
+    let mut live = b.connect().await;
+    let reply = live.join(topic).await;
+    assert_eq!(reply.status(), "ok", "{reply}");
+    assert_eq!(
+        reply.payload()["response"],
+        json!({ "position": format!("5:{stream}") })
+    );
+    for n in 6..=8 {
+        let _ = publish(a, topic, n).await;
+    }
+    assert_eq!(
+        received(&mut live, topic, 3).await,
+        (6..=8)
+            .map(|n| (format!("{n}:{stream}"), n))
+            .collect::<Vec<_>>()
+    );
+
+    // A client that last saw 5 gets 6, 7, 8 after its reply, in order, then live ones.
+    let mut recovering = b.connect().await;
+    let reply = recovering
+        .join_with(topic, json!({ "since": format!("5:{stream}") }))
+        .await;
+    assert_eq!(
+        reply.payload()["response"],
+        json!({ "position": format!("8:{stream}"), "recovered": true }),
+        "{reply}"
+    );
+    let _ = publish(a, topic, 9).await;
+    assert_eq!(
+        received(&mut recovering, topic, 4).await,
+        (6..=9)
+            .map(|n| (format!("{n}:{stream}"), n))
+            .collect::<Vec<_>>()
+    );
+    recovering.expect_silence(QUIET).await;
+
+    // Nothing missed: recovered with nothing to replay.
+    let mut current = b.connect().await;
+    let reply = current
+        .join_with(topic, json!({ "since": format!("9:{stream}") }))
+        .await;
+    assert_eq!(reply.payload()["response"]["recovered"], true, "{reply}");
+    current.expect_silence(QUIET).await;
+
+    // Another epoch, or a position older than the history keeps: not recovered, nothing
+    // replayed.
+    let mut other = b.connect().await;
+    let reply = other
+        .join_with(topic, json!({ "since": "3:another" }))
+        .await;
+    assert_eq!(reply.payload()["response"]["recovered"], false, "{reply}");
+    other.expect_silence(QUIET).await;
+    let short = "short:1";
+    for n in 1..=10 {
+        let _ = publish(a, short, n).await;
+    }
+    let short_epoch = {
+        let mut probe = b.connect().await;
+        let reply = probe.join(short).await;
+        let position = reply.payload()["response"]["position"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(offset(&position), 10, "{reply}");
+        epoch(&position).to_owned()
+    };
+    let mut late = b.connect().await;
+    let reply = late
+        .join_with(short, json!({ "since": format!("2:{short_epoch}") }))
+        .await;
+    assert_eq!(reply.payload()["response"]["recovered"], false, "{reply}");
+    late.expect_silence(QUIET).await;
+    let reply = late
+        .join_with(short, json!({ "since": format!("7:{short_epoch}") }))
+        .await;
+    assert_eq!(reply.payload()["response"]["recovered"], true, "{reply}");
+    assert_eq!(
+        received(&mut late, short, 3).await,
+        (8..=10)
+            .map(|n| (format!("{n}:{short_epoch}"), n))
+            .collect::<Vec<_>>()
+    );
+
+    // A malformed since is refused with its reason.
+    let mut bad = b.connect().await;
+    let reply = bad.join_with(topic, json!({ "since": "7" })).await;
+    assert_eq!(reply.status(), "error", "{reply}");
+    assert!(reply.reason().starts_with("invalid since"), "{reply}");
+
+    // GET /api/history gives the same.
+    let path = format!("/api/history?topic={topic}&since=5:{stream}&limit=2");
+    let history = http::get(b.addr(), &path).await;
+    assert_eq!(history.status, 200, "{}", history.text());
+    let body = history.json();
+    assert_eq!(body["recovered"], true);
+    assert_eq!(body["position"], format!("9:{stream}"));
+    let got: Vec<&Value> = body["publications"].as_array().unwrap().iter().collect();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0]["position"], format!("6:{stream}"));
+    assert_eq!(got[0]["payload"], json!({"n": 6}));
+    let none = http::get(b.addr(), "/api/history?topic=room:1").await;
+    assert_eq!(none.status, 404, "{}", none.text());
+
+    // A topic without history behaves as always: no position anywhere.
+    let mut plain = b.connect().await;
+    let reply = plain.join("room:1").await;
+    assert_eq!(reply.payload()["response"], json!({}), "{reply}");
+    let response = http::publish(a.addr(), "room:1", Some("m"), &json!({})).await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response.json().get("position").is_none(),
+        "{}",
+        response.text()
+    );
+    let frame = plain.broadcast("room:1", "m").await;
+    assert_eq!(frame.msg_ref(), None);
+    drop(cluster.server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_history_and_recovery() {
+    scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_history_and_recovery_across_nodes() {
+    scenario(Some(BackendKind::Redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_history_and_recovery_across_nodes() {
+    scenario(Some(BackendKind::Postgres)).await;
+}
