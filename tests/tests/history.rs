@@ -251,3 +251,117 @@ async fn redis_history_and_recovery_across_nodes() {
 async fn postgres_history_and_recovery_across_nodes() {
     scenario(Some(BackendKind::Postgres)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_producers_publish_with_history_and_a_lost_stream_changes_the_epoch() {
+    let mut cluster = Cluster::start(Some(BackendKind::Redis), "redis-fcall").await;
+    let topic = "feed:7";
+    let mut client = cluster.a.connect().await;
+    let reply = client.join(topic).await;
+    let position = reply.payload()["response"]["position"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(offset(&position), 0, "{reply}");
+    let stream = epoch(&position).to_owned();
+    // An external producer: one documented call.
+    let redis = cluster
+        .server
+        .as_ref()
+        .and_then(BackendServer::redis)
+        .expect("redis");
+    let reply: Vec<redis::Value> = redis.cli_as(&[
+        "FCALL",
+        "switchboard_publish",
+        "1",
+        topic,
+        r#"{"n": 1}"#,
+        "m",
+    ]);
+    assert_eq!(reply.len(), 2, "{reply:?}");
+    assert_eq!(
+        received(&mut client, topic, 1).await,
+        vec![(format!("1:{stream}"), 1)]
+    );
+    let bad = redis.try_cli(&["FCALL", "switchboard_publish", "1", topic, "not json"]);
+    assert!(
+        bad.is_err(),
+        "a payload that is not JSON is refused: {bad:?}"
+    );
+    // Plain PUBLISH keeps working, live only.
+    redis.publish(topic, r#"{"n": 2}"#);
+    let frame = client.recv_json().await;
+    assert_eq!(
+        frame.msg_ref(),
+        None,
+        "no position without history: {frame}"
+    );
+
+    // Redis restarted without persistence lost the stream: a new epoch, old positions are
+    // not recovered.
+    let server = cluster.server.as_mut().expect("server");
+    server.kill9();
+    server.restart();
+    wait_bridge_up(&[&cluster.a, cluster.b()]).await;
+    let after = publish(&cluster.a, topic, 3).await;
+    assert_eq!(offset(&after), 1, "{after}");
+    assert_ne!(epoch(&after), stream, "a new epoch");
+    let mut returning = cluster.b().connect().await;
+    let reply = returning
+        .join_with(topic, json!({ "since": format!("1:{stream}") }))
+        .await;
+    assert_eq!(reply.payload()["response"]["recovered"], false, "{reply}");
+    returning.expect_silence(QUIET).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_producers_publish_with_history_in_their_transactions() {
+    let cluster = Cluster::start(Some(BackendKind::Postgres), "postgres-sql").await;
+    let topic = "feed:9";
+    let mut client = cluster.b().connect().await;
+    let reply = client.join(topic).await;
+    let stream = epoch(
+        reply.payload()["response"]["position"]
+            .as_str()
+            .unwrap_or_default(),
+    )
+    .to_owned();
+    let postgres = cluster
+        .server
+        .as_ref()
+        .and_then(BackendServer::postgres)
+        .expect("postgres");
+    let app = postgres.client().await;
+    // Rolled back: no history, no delivery.
+    app.batch_execute(&format!(
+        "BEGIN; SELECT switchboard_publish('{topic}', '{{\"n\": 1}}'::jsonb, 'm'); ROLLBACK;"
+    ))
+    .await
+    .expect("rollback");
+    client.expect_silence(QUIET).await;
+    // Committed: both, with the next offset.
+    app.batch_execute(&format!(
+        "BEGIN; SELECT switchboard_publish('{topic}', '{{\"n\": 2}}'::jsonb, 'm'); COMMIT;"
+    ))
+    .await
+    .expect("commit");
+    assert_eq!(
+        received(&mut client, topic, 1).await,
+        vec![(format!("1:{stream}"), 2)]
+    );
+    let row = app
+        .query_one(
+            "SELECT switchboard_publish($1, '{\"n\": 3}'::jsonb)",
+            &[&topic],
+        )
+        .await
+        .expect("publish");
+    let position: String = row.get(0);
+    assert_eq!(position, format!("2:{stream}"));
+    let frame = client.broadcast(topic, "message").await;
+    assert_eq!(frame.position(), Some(position.as_str()));
+    let refused = app
+        .batch_execute("SELECT switchboard_publish('__redis__:x', '{}'::jsonb)")
+        .await;
+    assert!(refused.is_err(), "reserved topics are refused");
+}
