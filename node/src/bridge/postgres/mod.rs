@@ -334,7 +334,18 @@ impl Backend for PostgresBackend {
                     publishing
                         .map(|_| ())
                         .map_err(|err| format!("publishing connection: {err}")),
-                )
+                )?;
+            if link.history.is_some() {
+                // Quiet streams past their TTL: their rows go (the next publication starts a
+                // new epoch anyway). A failure here is not the link's.
+                if let Err(err) = link.publisher.batch_execute(history::CLEANUP_SQL).await {
+                    if err.is_closed() {
+                        return Err(format!("publishing connection: {err}"));
+                    }
+                    debug!(%err, "history cleanup failed");
+                }
+            }
+            Ok(())
         }
         .boxed_local()
     }
