@@ -46,7 +46,9 @@ pub enum Output {
         /// The last position the client saw (its join's `since`), to recover from.
         since: Option<Position>,
     },
-    /// Unsubscribe this connection from `topic` (no answer).
+    /// Unsubscribe this connection from `topic` (no answer). It comes before the leave's reply
+    /// and `phx_close`: a driver that queues deliveries sends what it queued for the old
+    /// membership first.
     Leave {
         /// The topic.
         topic: Topic,

@@ -426,10 +426,10 @@ impl Connection {
         if let Some(Membership::Joined { join_ref }) = self.memberships.remove(&frame.topic) {
             // A second join closes the old membership, then joins anew (Phoenix does the
             // same): the new join gets its own answer (a position, a recovery, presence).
-            self.send(encode_close(join_ref.as_deref(), frame.topic.as_str()));
             self.outputs.push_back(Output::Leave {
                 topic: frame.topic.clone(),
             });
+            self.send(encode_close(join_ref.as_deref(), frame.topic.as_str()));
         }
         if self.memberships.len() >= self.limits.max_topics {
             self.refused(Refusal::Protocol);

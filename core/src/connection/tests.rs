@@ -234,8 +234,8 @@ fn a_push_with_a_stale_join_ref_is_answered_by_its_ref_alone() {
     assert_eq!(
         drain(&mut conn),
         vec![
-            json!(["1", "1", "room:a", "phx_close", {}]),
             json!({"leave": "room:a"}),
+            json!(["1", "1", "room:a", "phx_close", {}]),
             json!({"join": "room:a", "id": 2}),
         ]
     );

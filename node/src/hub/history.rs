@@ -5,6 +5,12 @@
 //! then on is missed), but its deliveries of that topic are diverted into a bounded buffer
 //! until the history has been read; [`recover`](switchboard_core::history::recovery::recover)
 //! then merges the two, and the hub hands the session the result before any later delivery.
+//!
+//! The live copy of a publication and the history read travel different paths (the backend's
+//! subscriber connection, its command connection), so a publication the read returned may
+//! still arrive live afterwards. A finished recovery leaves a *floor* at the position it
+//! delivered up to: live publications at or below it are not delivered to that session again.
+//! The floor goes once the live stream passes it (it is ordered) or the session leaves.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -41,6 +47,8 @@ pub struct Histories {
     /// The memory backend's streams (a backend keeps its own).
     rings: HashMap<Topic, Ring>,
     recovering: HashMap<Topic, Vec<Recovering>>,
+    /// Where each finished recovery delivered up to, until the live stream passes it.
+    floors: HashMap<Topic, Vec<(SessionId, Position)>>,
     next: u64,
     random: RandomState,
 }
@@ -53,6 +61,7 @@ impl Histories {
             rules,
             rings: HashMap::new(),
             recovering: HashMap::new(),
+            floors: HashMap::new(),
             next: 0,
             random: RandomState::new(),
         }
@@ -147,6 +156,49 @@ impl Histories {
             list.retain(|r| r.session != session);
             !list.is_empty()
         });
+        self.floors.retain(|_, list| {
+            list.retain(|(id, _)| *id != session);
+            !list.is_empty()
+        });
+    }
+
+    /// `session`'s recovery of `topic` delivered everything up to `position`: live copies at
+    /// or below it are duplicates.
+    pub fn set_floor(&mut self, topic: &Topic, session: SessionId, position: Position) {
+        let list = self.floors.entry(topic.clone()).or_default();
+        list.retain(|(id, _)| *id != session);
+        list.push((session, position));
+    }
+
+    /// `session` left `topic`: its floor there goes.
+    pub fn leave(&mut self, session: SessionId, topic: &Topic) {
+        if let Some(list) = self.floors.get_mut(topic) {
+            list.retain(|(id, _)| *id != session);
+            if list.is_empty() {
+                self.floors.remove(topic);
+            }
+        }
+    }
+
+    /// The sessions that already have the live publication at `position` of `topic` from
+    /// their recovery; floors the live stream has passed are dropped.
+    pub fn delivered_already(&mut self, topic: &Topic, position: &Position) -> Vec<SessionId> {
+        let Some(list) = self.floors.get_mut(topic) else {
+            return Vec::new();
+        };
+        let mut already = Vec::new();
+        list.retain(|(session, floor)| {
+            if floor.epoch == position.epoch && position.offset <= floor.offset {
+                already.push(*session);
+                true
+            } else {
+                false
+            }
+        });
+        if list.is_empty() {
+            self.floors.remove(topic);
+        }
+        already
     }
 
     /// The sessions recovering `topic`, whose deliveries are buffered instead.
@@ -260,5 +312,35 @@ mod tests {
         assert!(histories.end_recovery(&topic(), id).is_none());
         histories.forget(b);
         assert!(!histories.is_recovering(&topic()));
+    }
+
+    #[test]
+    fn a_floor_skips_live_copies_of_what_a_recovery_delivered_until_the_stream_passes_it() {
+        let mut histories = Histories::new(HistoryRules::none());
+        let (a, b) = (SessionId::from_raw(1), SessionId::from_raw(2));
+        let at = |text: &str| -> Position { text.parse().unwrap() };
+        histories.set_floor(&topic(), a, at("5:e"));
+        histories.set_floor(&topic(), b, at("3:e"));
+        assert_eq!(
+            histories.delivered_already(&topic(), &at("3:e")),
+            vec![a, b]
+        );
+        assert_eq!(histories.delivered_already(&topic(), &at("4:e")), vec![a]);
+        assert_eq!(histories.delivered_already(&topic(), &at("5:e")), vec![a]);
+        assert_eq!(histories.delivered_already(&topic(), &at("6:e")), vec![]);
+        assert_eq!(
+            histories.delivered_already(&topic(), &at("5:e")),
+            vec![],
+            "floors passed"
+        );
+        histories.set_floor(&topic(), a, at("9:e"));
+        assert_eq!(
+            histories.delivered_already(&topic(), &at("1:other")),
+            vec![],
+            "new epoch"
+        );
+        histories.set_floor(&topic(), a, at("9:e"));
+        histories.leave(a, &topic());
+        assert_eq!(histories.delivered_already(&topic(), &at("2:e")), vec![]);
     }
 }

@@ -132,8 +132,9 @@ impl Hub {
         entry
     }
 
-    /// Undoes a join the bridge could not confirm.
+    /// Undoes a join the bridge could not confirm (or a leave).
     fn undo_join(&mut self, session: SessionId, topic: &Topic) {
+        self.histories.leave(session, topic);
         if self.registry.unsubscribe(session, topic.as_str()) == Unsubscribed::LastLocal {
             self.edge(topic.clone(), EdgeOp::Unsubscribe);
         }
@@ -190,18 +191,22 @@ impl Hub {
         position: Option<&Position>,
     ) -> usize {
         let skip: Vec<SessionId> = match position {
-            Some(position) if self.histories.is_recovering(topic) => {
-                self.histories.buffer(
-                    topic,
-                    &Publication {
-                        position: position.clone(),
-                        event: event.to_owned(),
-                        payload: payload.clone(),
-                    },
-                );
-                self.histories.recovering(topic).collect()
+            Some(position) => {
+                let mut skip = self.histories.delivered_already(topic, position);
+                if self.histories.is_recovering(topic) {
+                    self.histories.buffer(
+                        topic,
+                        &Publication {
+                            position: position.clone(),
+                            event: event.to_owned(),
+                            payload: payload.clone(),
+                        },
+                    );
+                    skip.extend(self.histories.recovering(topic));
+                }
+                skip
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         };
         if self.registry.subscriber_count(topic.as_str()) <= skip.len() {
             return 0;
@@ -274,6 +279,8 @@ impl Hub {
                 self.evict_slow(session);
                 return JoinAnswer::Refused(JoinRefusal::Unavailable);
             }
+            self.histories
+                .set_floor(topic, session, recovery.position.clone());
         }
         JoinAnswer::JoinedAt {
             position: recovery.position,
@@ -500,6 +507,9 @@ impl Handler<Unsubscribe> for Hub {
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
         self.undo_join(msg.session, &msg.topic);
+        if let Some(entry) = self.sessions.get(&msg.session) {
+            entry.outbox.left(msg.topic);
+        }
     }
 }
 

@@ -11,12 +11,21 @@
 //! inside its HTTP response stream and is polled only while the socket can take more data, so
 //! a client that stops reading leaves its frames in the queue: the bound is exactly what
 //! limits that memory.
+//!
+//! A leave is ordered with the deliveries too: a frame of a topic its client has left must not
+//! reach it after the leave's reply (a rejoin would see it twice, once from the old
+//! membership and once from its recovery). The session sends what is queued before the
+//! reply, then drops frames of that topic ([`Leaving`]) until the hub's marker that it has
+//! taken the leave ([`Delivery::Left`]) comes out of the queue: everything after the marker
+//! belongs to a later join.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
 use bytestring::ByteString;
+
+use switchboard_core::Topic;
 
 use crate::messages::Flush;
 
@@ -33,9 +42,19 @@ pub enum Overflow {
     Gone,
 }
 
+/// What the queue hands the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A frame for the socket.
+    Frame(ByteString),
+    /// The hub has unsubscribed the session from this topic: no frame of the membership it
+    /// left comes after this.
+    Left(Topic),
+}
+
 #[derive(Debug, Default)]
 struct Queued {
-    frames: VecDeque<ByteString>,
+    frames: VecDeque<Delivery>,
     bytes: usize,
     /// Holds in force: while any is, nothing is drained (see [`FrameQueue::hold`]).
     held: usize,
@@ -74,12 +93,20 @@ impl FrameQueue {
             return Err(Overflow::Slow);
         }
         queued.bytes += frame.len();
-        queued.frames.push_back(frame.clone());
+        queued.frames.push_back(Delivery::Frame(frame.clone()));
         Ok(queued.frames.len() == 1)
     }
 
-    /// Takes every queued frame, oldest first (none while the queue is held).
-    pub fn drain(&self) -> VecDeque<ByteString> {
+    /// Adds the marker that the session has left `topic` (never refused: a marker is small and
+    /// one per leave, and the session waits for it); returns whether the queue was empty.
+    fn push_left(&self, topic: Topic) -> bool {
+        let mut queued = self.lock();
+        queued.frames.push_back(Delivery::Left(topic));
+        queued.frames.len() == 1
+    }
+
+    /// Takes everything queued, oldest first (nothing while the queue is held).
+    pub fn drain(&self) -> VecDeque<Delivery> {
         let mut queued = self.lock();
         if queued.held > 0 {
             return VecDeque::new();
@@ -128,6 +155,13 @@ impl Outbox {
         self.queue.hold();
     }
 
+    /// Tells the session, in order with its deliveries, that it no longer gets `topic`'s.
+    pub fn left(&self, topic: Topic) {
+        if self.queue.push_left(topic) && self.wake.connected() {
+            self.wake.do_send(Flush);
+        }
+    }
+
     /// Queues `frame` for the session unless that would pass the queue's bounds.
     ///
     /// # Errors
@@ -146,9 +180,95 @@ impl Outbox {
     }
 }
 
+/// The topics a session has left whose [`Delivery::Left`] marker has not come out of its
+/// queue yet: their frames belong to the membership it left.
+#[derive(Debug, Default)]
+pub struct Leaving {
+    topics: HashMap<Topic, usize>,
+}
+
+impl Leaving {
+    /// The session's client left `topic` (the hub is told next).
+    pub fn begin(&mut self, topic: Topic) {
+        *self.topics.entry(topic).or_default() += 1;
+    }
+
+    /// The frames of `drained` to send, in order: frames of a topic being left are dropped,
+    /// and each marker ends one leave.
+    pub fn filter(&mut self, drained: VecDeque<Delivery>) -> Vec<ByteString> {
+        let mut frames = Vec::with_capacity(drained.len());
+        for delivery in drained {
+            match delivery {
+                Delivery::Frame(frame) => {
+                    if self.topics.is_empty() || !self.is_left(&frame) {
+                        frames.push(frame);
+                    }
+                }
+                Delivery::Left(topic) => {
+                    if let Some(count) = self.topics.get_mut(&topic) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.topics.remove(&topic);
+                        }
+                    }
+                }
+            }
+        }
+        frames
+    }
+
+    /// Whether `frame` (`[join_ref, ref, topic, event, payload]`) is of a topic being left.
+    fn is_left(&self, frame: &ByteString) -> bool {
+        use serde::de::IgnoredAny;
+        type Parts<'a> = (
+            IgnoredAny,
+            IgnoredAny,
+            std::borrow::Cow<'a, str>,
+            IgnoredAny,
+            IgnoredAny,
+        );
+        serde_json::from_str::<Parts<'_>>(frame)
+            .ok()
+            .and_then(|(_, _, topic, _, _)| Topic::new(&topic).ok())
+            .is_some_and(|topic| self.topics.contains_key(&topic))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frames(drained: VecDeque<Delivery>) -> Vec<ByteString> {
+        drained
+            .into_iter()
+            .filter_map(|delivery| match delivery {
+                Delivery::Frame(frame) => Some(frame),
+                Delivery::Left(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_of_a_left_topic_are_dropped_until_the_hubs_marker() {
+        let queue = FrameQueue::new(4096);
+        let topic = Topic::new("feed:1").unwrap();
+        let old = ByteString::from(r#"[null,"5:e","feed:1","m",{}]"#);
+        let other = ByteString::from(r#"[null,null,"feed:2","m",{}]"#);
+        let new = ByteString::from(r#"[null,"6:e","feed:1","m",{}]"#);
+        let mut leaving = Leaving::default();
+        leaving.begin(topic.clone());
+        let _ = queue.push(&old);
+        let _ = queue.push(&other);
+        let _ = queue.push_left(topic);
+        let _ = queue.push(&new);
+        assert_eq!(leaving.filter(queue.drain()), vec![other, new.clone()]);
+        let _ = queue.push(&new);
+        assert_eq!(
+            leaving.filter(queue.drain()),
+            vec![new],
+            "the leave is over"
+        );
+    }
 
     #[test]
     fn bytes_and_frames_are_bounded_and_drain_empties() {
@@ -195,7 +315,7 @@ mod tests {
         let queue = FrameQueue::new(1024);
         let frame = ByteString::from("shared");
         let _ = queue.push(&frame);
-        let drained = queue.drain();
+        let drained = frames(queue.drain());
         assert_eq!(drained[0].as_bytes().as_ptr(), frame.as_bytes().as_ptr());
     }
 }

@@ -18,7 +18,7 @@ use switchboard_core::{ChannelRules, SessionId, Time};
 use tracing::debug;
 
 use crate::connections::ConnectionSlot;
-use crate::hub::outbox::{FrameQueue, Outbox};
+use crate::hub::outbox::{FrameQueue, Leaving, Outbox};
 use crate::hub::{Connect, Disconnect, Hub, Publish, PushPublish, Subscribe, Unsubscribe};
 use crate::messages::{CloseSession, Flush, PushAnswered};
 use crate::metrics::{self, Metrics};
@@ -46,6 +46,8 @@ pub struct WsSession {
     _slot: ConnectionSlot,
     /// A fragmented text message being reassembled.
     fragments: Option<Vec<u8>>,
+    /// Topics left whose leave the hub has not taken yet.
+    leaving: Leaving,
 }
 
 impl WsSession {
@@ -71,11 +73,19 @@ impl WsSession {
             metrics,
             _slot: slot,
             fragments: None,
+            leaving: Leaving::default(),
         }
     }
 
     fn now(&self) -> Time {
         Time::from_since_epoch(self.epoch.elapsed())
+    }
+
+    /// Hands everything queued (and not of a membership being left) to the socket.
+    fn flush(&mut self, ctx: &mut SocketContext) {
+        for frame in self.leaving.filter(self.queue.drain()) {
+            ctx.text(frame);
+        }
     }
 
     /// Performs everything the engine asks for.
@@ -109,15 +119,17 @@ impl WsSession {
                             act.engine.handle_join_answer(&topic, join, answer, now);
                             act.drive(ctx);
                             if held && act.queue.release() {
-                                for frame in act.queue.drain() {
-                                    ctx.text(frame);
-                                }
+                                act.flush(ctx);
                             }
                         },
                     ));
                 }
                 Output::Leave { topic } => {
+                    // What the old membership was sent goes before the leave's reply; what
+                    // the hub queues for it until it takes the leave is dropped.
+                    self.flush(ctx);
                     if let Some(session) = self.id {
+                        self.leaving.begin(topic.clone());
                         self.hub.do_send(Unsubscribe { session, topic });
                     }
                 }
@@ -263,9 +275,7 @@ impl Handler<Flush> for WsSession {
     type Result = ();
 
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
-        for frame in self.queue.drain() {
-            ctx.text(frame);
-        }
+        self.flush(ctx);
     }
 }
 
