@@ -184,7 +184,7 @@ async fn a_socket_reset_during_its_upgrade_leaves_nothing_behind() {
         );
         stream.write_all(request.as_bytes()).await.expect("request");
         // Reset at once: the session may not even have registered.
-        stream.set_linger(Some(Duration::ZERO)).expect("linger");
+        stream.set_zero_linger().expect("linger");
         drop(stream);
     }
     node.wait_metric_eq("switchboard_connections", 0.0).await;
