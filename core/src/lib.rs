@@ -21,6 +21,11 @@
 //!   (joins, leaves, pushes, heartbeats, replies, close codes) as a sans-IO state machine.
 //! - [`bridge`]: [`Bridge`](bridge::Bridge), the link to a shared backend (subscriptions,
 //!   confirmations, publishes, liveness, reconnects) as a sans-IO state machine.
+//! - [`local`]: [`LocalServer`](local::LocalServer), a whole server in memory (connections,
+//!   registry, rules, tokens, limits) driving the engine as the node does, synchronously; the
+//!   WebAssembly fake server's core and the differential tests' reference.
+//! - [`token`]: HS256 connect tokens ([`TokenSecret`](token::TokenSecret)), checked the same
+//!   way by the node and the fake server.
 //! - [`history`]: stream positions, a topic's history in memory, and the recovery merge.
 //! - [`time`]: [`Time`], the time the drivers pass in; [`rate`]: [`TokenBucket`].
 //! - `model` (feature `model`): a plain reference model and op-sequence checker shared by
@@ -32,6 +37,7 @@ pub mod codec;
 pub mod connection;
 pub mod frame;
 pub mod history;
+pub mod local;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
 pub mod rate;
@@ -39,6 +45,7 @@ pub mod registry;
 pub mod rules;
 pub mod session;
 pub mod time;
+pub mod token;
 pub mod topic;
 
 pub use codec::{

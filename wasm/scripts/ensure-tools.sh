@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing switchboard-wasm needs, when it is missing:
-#   - the wasm32-unknown-unknown Rust target,
+#   - the wasm32-unknown-unknown Rust target (stable, for the wasm tests and clippy),
+#   - a nightly toolchain with the rust-src component (build.sh rebuilds the standard library
+#     for the size-budgeted module),
 #   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock,
 #   - the npm devDependencies of wasm/ (binaryen's wasm-opt), with `npm ci`,
 #   - with --browser: chromium and chromedriver (apt-get).
@@ -23,6 +25,14 @@ if command -v rustup >/dev/null; then
   if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
     say "adding the wasm32-unknown-unknown target"
     rustup target add wasm32-unknown-unknown
+  fi
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    say "installing the nightly toolchain (build.sh builds the module with it)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    say "adding rust-src to nightly (-Zbuild-std)"
+    rustup component add rust-src --toolchain nightly
   fi
 fi
 

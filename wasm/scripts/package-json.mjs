@@ -1,22 +1,23 @@
 // Prints the package.json of the npm package (wasm/pkg/) for the version given as argument.
 // Node resolves the "node" condition to the CommonJS build, which is ready as soon as it is
-// loaded; browsers and bundlers get the ES module build, which needs `await init()`.
+// loaded; browsers and bundlers get the ES module build, which needs `await init()`. Each
+// build's entry point is its index.js (scripts/package-js.mjs), around wasm-bindgen's output.
 const [version] = process.argv.slice(2);
 if (!version) {
   console.error("usage: package-json.mjs VERSION");
   process.exit(2);
 }
 
-const node = { types: "./node/switchboard_wasm.d.ts", default: "./node/switchboard_wasm.js" };
-const web = { types: "./web/switchboard_wasm.d.ts", default: "./web/switchboard_wasm.js" };
+const node = { types: "./node/index.d.ts", default: "./node/index.js" };
+const web = { types: "./web/index.d.ts", default: "./web/index.js" };
 
 const pkg = {
   name: "switchboard-wasm",
   version,
   description:
-    "In-memory pub/sub with the Switchboard node's routing rules and Phoenix V2 codec, compiled to WebAssembly, for frontend tests.",
+    "A fake Switchboard server for testing frontend code that uses the phoenix client: the node's own protocol engine compiled to WebAssembly, behind a browser-like WebSocket.",
   license: "MIT OR Apache-2.0",
-  keywords: ["pubsub", "phoenix", "websocket", "testing", "wasm"],
+  keywords: ["phoenix", "websocket", "testing", "fake", "mock", "pubsub", "wasm"],
   main: node.default,
   module: web.default,
   types: node.types,

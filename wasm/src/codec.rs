@@ -1,15 +1,16 @@
-//! `decodeFrame` / `encodeFrame`: the node's Phoenix Channels V2 JSON codec, with its errors.
+//! `decodeFrame`: the node's Phoenix Channels V2 JSON decoder for client frames, with its
+//! errors.
 //!
-//! `decodeFrame` reads what a client sends, by the rules the node applies to client frames;
-//! `encodeFrame` writes a frame in either direction (including the server's `phx_reply`,
-//! `phx_close` and broadcasts), checked by the rules every frame obeys.
+//! `decodeFrame` reads what a client sends, by the rules the node applies to client frames.
+//! `encodeFrame` is the package's JavaScript (`js/fake-server.js`): `JSON.stringify` writes a
+//! frame exactly as the node's encoder does, and the refs, topic and event are checked by this
+//! decoder, so neither can drift from the node. The `FrameInput` type below is its argument.
 
 use switchboard_core::{decode_request, events, Request, DEFAULT_MAX_FRAME_BYTES};
 use wasm_bindgen::prelude::*;
 
-use crate::delivery::Message;
 use crate::errors;
-use crate::js::{self, Array, Object};
+use crate::js::{self, Object};
 
 #[wasm_bindgen(typescript_custom_section)]
 const FRAME_TS: &str = r#"
@@ -79,52 +80,4 @@ pub fn decode_frame(text: &str) -> Result<JsValue, JsValue> {
     errors::set(&object, "payload", &payload);
     errors::set(&object, "kind", &kind.into());
     Ok(object)
-}
-
-/// Encodes `[joinRef, ref, topic, event, payload]` as the node writes it. Frames in either
-/// direction are accepted (replies, `phx_close` and broadcasts too); the payload may be any
-/// JSON value.
-///
-/// @throws Error with code `invalid_argument` when `frame` is not an object,
-/// `not_serializable` for a payload JSON cannot carry, `wrong_type` for a ref that is not a
-/// string or `null` or a topic or event that is not a string, `invalid_topic`, or
-/// `empty_event`.
-#[wasm_bindgen(js_name = encodeFrame)]
-pub fn encode_frame(
-    #[wasm_bindgen(unchecked_param_type = "FrameInput")] frame: JsValue,
-) -> Result<String, JsValue> {
-    if !frame.is_object() {
-        return Err(errors::invalid_argument(
-            "frame must be an object { joinRef, ref, topic, event, payload }",
-        ));
-    }
-    let field = |name: &str| -> Result<JsValue, JsValue> {
-        let value = js::get_property(&frame, name)?;
-        Ok(if value.is_undefined() {
-            JsValue::NULL
-        } else {
-            value
-        })
-    };
-    let payload = js::get_property(&frame, "payload")?;
-    let payload = if payload.is_undefined() {
-        Object::new().into()
-    } else if payload.is_function() || payload.is_symbol() {
-        // Inside an array `JSON.stringify` would quietly write these as `null`.
-        return Err(errors::not_serializable("payload", None));
-    } else {
-        payload
-    };
-    let array = Array::of5(
-        &field("joinRef")?,
-        &field("ref")?,
-        &field("topic")?,
-        &field("event")?,
-        &payload,
-    );
-    let text = Message::serialize(&array, "frame")?.text();
-    // The node's own decoder checks every element; a frame it accepts re-encodes canonically.
-    let frame =
-        switchboard_core::decode_frame(&text, usize::MAX).map_err(|err| errors::to_js(&err))?;
-    Ok(frame.encode())
 }

@@ -1,9 +1,10 @@
 //! Who may connect, join, push and publish: tokens, channel rules, the API key and origins.
 //!
 //! # Layout
-//! - [`token`]: HS256 connect tokens.
+//! - [`token`]: HS256 connect tokens, [`switchboard_core::token`] re-exported: the node and the
+//!   WebAssembly fake server check tokens with the same code.
 
-pub mod token;
+pub use switchboard_core::token;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

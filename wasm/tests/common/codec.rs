@@ -1,11 +1,10 @@
-//! `decodeFrame` / `encodeFrame`: the node's codec and its error codes.
+//! `decodeFrame`: the node's decoder of client frames and its error codes (`encodeFrame` is
+//! JavaScript, tested by the package's `node --test` suite).
 
-use js_sys::Object;
-use switchboard_wasm::{decode_frame, encode_frame};
-use wasm_bindgen::prelude::*;
+use switchboard_wasm::decode_frame;
 use wasm_bindgen_test::wasm_bindgen_test;
 
-use super::{code, json, parse};
+use super::{code, json};
 
 #[wasm_bindgen_test]
 fn decodes_client_frames_with_their_kind() {
@@ -52,57 +51,4 @@ fn decode_errors_carry_the_nodes_codes() {
     }
     let thrown = decode_frame(r#"[1,null,"t","e",{}]"#).expect_err("wrong type");
     assert_eq!(super::message(&thrown), "join_ref must be a string or null");
-}
-
-#[wasm_bindgen_test]
-fn encodes_frames_in_either_direction() {
-    let frame = parse(
-        r#"{"joinRef":"3","ref":"3","topic":"room:lobby","event":"phx_reply","payload":{"status":"ok","response":{}}}"#,
-    );
-    assert_eq!(
-        encode_frame(frame),
-        Ok(r#"["3","3","room:lobby","phx_reply",{"status":"ok","response":{}}]"#.to_owned())
-    );
-    let broadcast = parse(r#"{"topic":"room:lobby","event":"new_msg","payload":[1,"two"]}"#);
-    assert_eq!(
-        encode_frame(broadcast),
-        Ok(r#"[null,null,"room:lobby","new_msg",[1,"two"]]"#.to_owned())
-    );
-    let minimal = parse(r#"{"topic":"t","event":"e"}"#);
-    assert_eq!(
-        encode_frame(minimal),
-        Ok(r#"[null,null,"t","e",{}]"#.to_owned())
-    );
-    // A client frame survives the round trip.
-    let text = r#"["1","2","room:é","new_msg",{"body":"a\"b\n"}]"#;
-    let decoded = decode_frame(text).expect("valid");
-    assert_eq!(encode_frame(decoded), Ok(text.to_owned()));
-}
-
-#[wasm_bindgen_test]
-fn encode_errors_carry_the_nodes_codes() {
-    let cases = [
-        (r#"{"topic":"","event":"e"}"#, "invalid_topic"),
-        (r#"{"topic":"t","event":""}"#, "empty_event"),
-        (r#"{"topic":"t"}"#, "wrong_type"),
-        (r#"{"joinRef":3,"topic":"t","event":"e"}"#, "wrong_type"),
-        ("null", "invalid_argument"),
-        (r#""text""#, "invalid_argument"),
-    ];
-    for (frame, expected) in cases {
-        let thrown = encode_frame(parse(frame)).expect_err(frame);
-        assert_eq!(code(&thrown), expected, "{frame}");
-    }
-    let frame: JsValue = Object::new().into();
-    let _ = js_sys::Reflect::set(&frame, &"topic".into(), &"t".into());
-    let _ = js_sys::Reflect::set(&frame, &"event".into(), &"e".into());
-    let _ = js_sys::Reflect::set(
-        &frame,
-        &"payload".into(),
-        &js_sys::Function::new_no_args("").into(),
-    );
-    assert_eq!(
-        code(&encode_frame(frame).expect_err("function")),
-        "not_serializable"
-    );
 }

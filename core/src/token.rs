@@ -1,12 +1,21 @@
 //! Connect tokens: HS256 JSON Web Tokens with `sub` (the user id) and `exp`.
 //!
-//! Only what the node needs, written out so it can be read in one sitting: the header must
+//! Only what Switchboard needs, written out so it can be read in one sitting: the header must
 //! say `"alg":"HS256"` (so `none` and every other algorithm are refused), the signature is
 //! checked in constant time before anything of the claims is trusted, `exp` is required and
-//! `nbf` honoured when present. Time is an argument, so tests need no clock.
+//! `nbf` honoured when present. Time is an argument (seconds since the Unix epoch), so tests
+//! need no clock.
+//!
+//! The node's WebSocket upgrade and the WebAssembly fake server
+//! ([`LocalServer`](crate::local::LocalServer)) both check tokens with this code, so a token
+//! one accepts the other accepts. It is plain Rust (HMAC-SHA-256 from the pure-Rust `hmac` and
+//! `sha2` crates) and builds for `wasm32-unknown-unknown`.
+//!
+//! The WebAssembly module's size budget shaped two choices: base64url is written out below
+//! (the `base64` crate's general engine costs the module about 6 KB; a property test checks
+//! that both accept and produce the same text), and claims are parsed from text, sharing the
+//! codec's JSON reader instead of adding a second one for bytes.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -17,7 +26,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Why a token was refused. The node logs the reason and tells the client only that the
-/// token was not accepted.
+/// token was not accepted (HTTP 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
@@ -91,18 +100,22 @@ impl TokenSecret {
     /// Signs a token for `sub` that expires at `exp` (seconds since the Unix epoch).
     #[must_use]
     pub fn sign(&self, sub: &str, exp: u64) -> String {
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let header = base64url::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = Claims {
             sub: Some(sub.to_owned()),
             exp: Some(exp as f64),
             nbf: None,
         };
         // Serialising a struct of strings and numbers cannot fail.
-        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let claims = base64url::encode(
+            serde_json::to_string(&claims)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
         let signing_input = format!("{header}.{claims}");
         let mut mac = self.mac();
         mac.update(signing_input.as_bytes());
-        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let signature = base64url::encode(&mac.finalize().into_bytes());
         format!("{signing_input}.{signature}")
     }
 
@@ -120,9 +133,7 @@ impl TokenSecret {
         if header.alg != "HS256" {
             return Err(TokenError::Algorithm(header.alg));
         }
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| TokenError::Malformed)?;
+        let signature = base64url::decode(signature).ok_or(TokenError::Malformed)?;
         let mut mac = self.mac();
         mac.update(signing_input.as_bytes());
         mac.verify_slice(&signature)
@@ -145,14 +156,72 @@ impl TokenSecret {
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, TokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| TokenError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+    let bytes = base64url::decode(part).ok_or(TokenError::Malformed)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_str(text).map_err(|_| TokenError::Malformed)
+}
+
+/// base64url without padding (RFC 4648 §5), as JSON Web Tokens write their parts. Decoding
+/// accepts exactly what the `base64` crate's `URL_SAFE_NO_PAD` engine accepts (a property test
+/// compares them): only the 64 letters of the alphabet, no padding, no length of the form
+/// 4n + 1, and no set bits after the last byte.
+mod base64url {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let group = chunk.iter().enumerate().fold(0_u32, |group, (i, &byte)| {
+                group | u32::from(byte) << (16 - 8 * i)
+            });
+            // n bytes make n + 1 letters.
+            for i in 0..=chunk.len() {
+                let sextet = (group >> (18 - 6 * i)) & 63;
+                out.push(char::from(ALPHABET[sextet as usize]));
+            }
+        }
+        out
+    }
+
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+        let text = text.as_bytes();
+        if text.len() % 4 == 1 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
+        for chunk in text.chunks(4) {
+            let mut group = 0_u32;
+            for (i, &letter) in chunk.iter().enumerate() {
+                group |= u32::from(value(letter)?) << (18 - 6 * i);
+            }
+            // n + 1 letters make n bytes; the bits after them must be zero.
+            let bytes = chunk.len() - 1;
+            if group & (0x00FF_FFFF >> (8 * bytes)) != 0 {
+                return None;
+            }
+            out.extend((0..bytes).map(|i| (group >> (16 - 8 * i)) as u8));
+        }
+        Some(out)
+    }
+
+    const fn value(letter: u8) -> Option<u8> {
+        match letter {
+            b'A'..=b'Z' => Some(letter - b'A'),
+            b'a'..=b'z' => Some(letter - b'a' + 26),
+            b'0'..=b'9' => Some(letter - b'0' + 52),
+            b'-' => Some(62),
+            b'_' => Some(63),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
@@ -257,5 +326,49 @@ mod tests {
     #[test]
     fn short_secrets_are_refused() {
         assert!(TokenSecret::new("short").is_err());
+    }
+
+    #[test]
+    fn signing_writes_what_the_node_always_wrote() {
+        // Computed independently (Python's hmac, hashlib and base64) from the claims the
+        // node's serde serialisation writes: {"sub":"user-42","exp":1800000060.0}.
+        assert_eq!(
+            secret().sign("user-42", NOW + 60),
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
+             eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxODAwMDAwMDYwLjB9.\
+             a0yWSin9ithrfV6se7a5dL808EIR6FbHiO3SPUmy3tA"
+        );
+    }
+
+    #[test]
+    fn base64url_matches_the_base64_crate_at_the_edges() {
+        for text in [
+            "", "A", "AA", "AB", "AAA", "AAB", "AAAA", "A=", "AA==", "+/", "-_", "a.b",
+        ] {
+            assert_eq!(
+                base64url::decode(text),
+                URL_SAFE_NO_PAD.decode(text).ok(),
+                "{text:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn base64url_encodes_as_the_base64_crate(bytes in proptest::collection::vec(any::<u8>(), 0..70)) {
+            let encoded = base64url::encode(&bytes);
+            prop_assert_eq!(&encoded, &URL_SAFE_NO_PAD.encode(&bytes));
+            prop_assert_eq!(base64url::decode(&encoded), Some(bytes));
+        }
+
+        #[test]
+        fn base64url_decodes_as_the_base64_crate(text in "[A-Za-z0-9_=+/.-]{0,20}") {
+            prop_assert_eq!(base64url::decode(&text), URL_SAFE_NO_PAD.decode(&text).ok());
+        }
+
+        #[test]
+        fn base64url_refuses_trailing_bits_as_the_base64_crate(text in "[A-Za-z0-9_-]{0,20}") {
+            prop_assert_eq!(base64url::decode(&text), URL_SAFE_NO_PAD.decode(&text).ok());
+        }
     }
 }
