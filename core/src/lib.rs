@@ -27,6 +27,8 @@
 //! - [`token`]: HS256 connect tokens ([`TokenSecret`](token::TokenSecret)), checked the same
 //!   way by the node and the fake server.
 //! - [`history`]: stream positions, a topic's history in memory, and the recovery merge.
+//! - [`presence`]: who is on a topic: members, batched diffs and state in phoenix.js' format,
+//!   and the changes a backend announces.
 //! - [`time`]: [`Time`], the time the drivers pass in; [`rate`]: [`TokenBucket`].
 //! - `model` (feature `model`): a plain reference model and op-sequence checker shared by
 //!   property tests, fuzz targets and the wasm tests.
@@ -40,6 +42,7 @@ pub mod history;
 pub mod local;
 #[cfg(any(test, feature = "model"))]
 pub mod model;
+pub mod presence;
 pub mod rate;
 pub mod registry;
 pub mod rules;

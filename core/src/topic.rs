@@ -69,6 +69,13 @@ impl Topic {
         Ok(Self(Arc::from(name)))
     }
 
+    /// A topic the server itself uses on a backend (`__presence:room:1`): made from a valid
+    /// topic, and starting with the reserved `__` that keeps it from clients.
+    #[must_use]
+    pub(crate) fn internal(name: &str) -> Self {
+        Self(Arc::from(name))
+    }
+
     /// The topic's text.
     #[must_use]
     pub fn as_str(&self) -> &str {

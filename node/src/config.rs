@@ -22,6 +22,7 @@ use switchboard_core::bridge::BridgeConfig;
 use switchboard_core::connection::Limits;
 use switchboard_core::history::retention::DEFAULT_TTL;
 use switchboard_core::history::{HistoryRules, Retention};
+use switchboard_core::presence::{self, PresenceRules};
 use switchboard_core::{Rule, MAX_TOPIC_BYTES};
 
 use crate::security::token::TokenSecret;
@@ -176,6 +177,22 @@ pub struct Config {
     #[arg(long, env = "JOIN_BURST", default_value_t = 200, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub join_burst: u32,
 
+    /// How long the members of a node that stopped refreshing them (killed, frozen, cut off)
+    /// stay listed on the other nodes: each node refreshes its members on the backend every
+    /// fifth of it, and a node silent for most of it is gone, its members announced as leaves.
+    #[arg(long, env = "PRESENCE_TTL", default_value = "30s", value_parser = presence_ttl, value_name = "DURATION")]
+    pub presence_ttl: Duration,
+
+    /// Most presence members one topic may have, across every node; a join past it gets the
+    /// error reply "too many members: ...".
+    #[arg(long, env = "PRESENCE_MAX_MEMBERS", default_value_t = presence::DEFAULT_MAX_MEMBERS, value_name = "N", value_parser = at_least_one)]
+    pub presence_max_members: usize,
+
+    /// Largest presence meta (the token's `info` claim merged with the join's `presence`
+    /// parameter), in bytes of JSON; a larger one gets an error reply.
+    #[arg(long, env = "PRESENCE_MAX_META_BYTES", default_value_t = presence::DEFAULT_MAX_META_BYTES, value_name = "BYTES", value_parser = meta_bytes)]
+    pub presence_max_meta_bytes: usize,
+
     /// Join and push rules and history per namespace, from the config file's
     /// `[channels.<namespace>]` tables (`"*"` for namespaces not listed).
     #[arg(skip)]
@@ -285,6 +302,9 @@ pub struct ChannelConfig {
     /// How long a topic's history is kept after its last publication (`"10m"`).
     #[serde(default, deserialize_with = "duration")]
     pub history_ttl: Option<Duration>,
+    /// Whether the namespace's topics track who is on them (phoenix.js `Presence`).
+    #[serde(default)]
+    pub presence: Option<bool>,
 }
 
 /// The most publications a topic's history may keep.
@@ -420,6 +440,31 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
     Ok(duration)
 }
+
+/// A presence TTL: long enough for a fifth of it to be a sensible heartbeat.
+fn presence_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < Duration::from_secs(1) {
+        return Err(
+            "the presence TTL is at least 1s (nodes refresh their members every fifth of it)"
+                .into(),
+        );
+    }
+    Ok(ttl)
+}
+
+/// A meta bound: room for a small object, and no more than the backends carry.
+fn meta_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text.parse().map_err(|err| format!("{err}"))?;
+    if !(2..=MAX_META_BYTES).contains(&bytes) {
+        return Err(format!("between 2 and {MAX_META_BYTES} bytes (a PostgreSQL notification carries at most 8000 bytes)"));
+    }
+    Ok(bytes)
+}
+
+/// The largest presence meta the node allows: a member's announcement (meta, key, refs) must
+/// fit in one PostgreSQL notification.
+pub const MAX_META_BYTES: usize = 4096;
 
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -566,6 +611,20 @@ impl Config {
             if let Some(size) = channel.history {
                 let ttl = channel.history_ttl.unwrap_or(DEFAULT_TTL);
                 rules.set(namespace, Retention { size, ttl });
+            }
+        }
+        rules
+    }
+
+    /// Which topics track presence, and its bounds.
+    #[must_use]
+    pub fn presence_rules(&self) -> PresenceRules {
+        let mut rules = PresenceRules::none();
+        rules.max_members = self.presence_max_members;
+        rules.max_meta_bytes = self.presence_max_meta_bytes;
+        for (namespace, channel) in &self.channels {
+            if let Some(on) = channel.presence {
+                rules.set(namespace, on);
             }
         }
         rules

@@ -8,6 +8,8 @@ use switchboard_core::bridge::{EdgeOp, PublishOutcome, WaitOutcome};
 use switchboard_core::connection::{PublishAnswer, PushAck};
 use switchboard_core::history::recovery::HistoryRead;
 use switchboard_core::history::Position;
+use switchboard_core::presence::event::Change;
+use switchboard_core::presence::ops::{PresenceOp, PresenceReply};
 use switchboard_core::{Payload, Topic};
 use tokio::sync::oneshot;
 
@@ -118,3 +120,31 @@ pub struct PushAnswered {
     /// What became of it.
     pub answer: PublishAnswer,
 }
+
+/// Hub → bridge: a presence operation on the backend. Answered at once with an error while
+/// the link is down.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UpstreamPresence {
+    /// The operation.
+    pub op: PresenceOp,
+    /// Where the answer goes, or why there is none.
+    pub reply: oneshot::Sender<Result<PresenceReply, String>>,
+}
+
+/// Bridge → hub: a presence change another node (or this one) announced on the backend.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PresenceChanged {
+    /// The topic whose members changed.
+    pub topic: Topic,
+    /// The change.
+    pub change: Change,
+}
+
+/// Bridge → hub: presence changes may have been missed (the bridge connected again and every
+/// subscription is in effect, or a change found the hub's mailbox full): read every presence
+/// list again.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PresenceResync;

@@ -56,6 +56,18 @@ pub struct Metrics {
     /// Recoveries answered `recovered: false`, or refused because the history could not be
     /// read.
     pub recoveries_failed: AtomicU64,
+    /// Presence members this node's sockets hold (set by the hub).
+    pub presence_entries: AtomicU64,
+    /// Presence members listed on this node, every node's, over the topics its sockets watch
+    /// (set by the hub).
+    pub presence_members: AtomicU64,
+    /// `presence_diff` frames queued to sockets.
+    pub presence_diffs: AtomicU64,
+    /// `presence_state` frames sent (one per join of a presence topic).
+    pub presence_states: AtomicU64,
+    /// Presence changes from the backend this node could not read, and presence operations
+    /// the backend failed.
+    pub presence_errors: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -83,7 +95,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 23] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 28] = [
             (
                 "switchboard_connections",
                 "gauge",
@@ -222,6 +234,36 @@ impl Metrics {
                 "Recoveries answered recovered: false, or refused for want of the history.",
                 &self.recoveries_failed,
             ),
+            (
+                "switchboard_presence_entries",
+                "gauge",
+                "Presence members this node's sockets hold.",
+                &self.presence_entries,
+            ),
+            (
+                "switchboard_presence_members",
+                "gauge",
+                "Presence members of every node listed here, over the topics local sockets watch.",
+                &self.presence_members,
+            ),
+            (
+                "switchboard_presence_diffs_total",
+                "counter",
+                "presence_diff frames queued to sockets.",
+                &self.presence_diffs,
+            ),
+            (
+                "switchboard_presence_states_total",
+                "counter",
+                "presence_state frames sent, one per join of a presence topic.",
+                &self.presence_states,
+            ),
+            (
+                "switchboard_presence_errors_total",
+                "counter",
+                "Presence changes from the backend that could not be read, and failed presence operations.",
+                &self.presence_errors,
+            ),
         ];
         let mut out = String::with_capacity(1024);
         for (name, kind, help, value) in rows {
@@ -250,6 +292,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 23);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 28);
     }
 }

@@ -17,7 +17,6 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
 use anyhow::Context as _;
 use switchboard_core::bridge::BridgeConfig;
-use switchboard_core::history::HistoryRules;
 use tracing::{info, warn};
 
 use crate::bridge::envelope::Format;
@@ -27,6 +26,7 @@ use crate::bridge::{Backend as Adapter, BridgeActor};
 use crate::config::{Backend, Config};
 use crate::connections::{self, automatic_limit, raise_open_file_limit, ConnectionSlots};
 use crate::http::{self, AppState};
+use crate::hub::presence::LeavePresence;
 use crate::hub::upstream::{MessageLimit, Upstream};
 use crate::hub::{CloseAll, Hub};
 use crate::messages::Drain;
@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             per_address: config.max_connections_per_address,
         }),
         client_ip_header,
+        presence: Arc::new(config.presence_rules()),
     };
     let data = web::Data::new(state);
     let listener = listen(config.bind)?;
@@ -158,6 +159,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!("shutting down");
         let deadline = Instant::now() + shutdown_timeout.saturating_sub(Duration::from_millis(500));
         close_sockets(&hub, &metrics, deadline).await;
+        // This node's presence members leave every list now, not at the TTL.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = actix_web::rt::time::timeout(left, hub.send(LeavePresence)).await;
         handle.stop(true).await;
         if let Some(drain) = drain_bridge {
             publish_what_was_accepted(&drain, deadline).await;
@@ -179,12 +183,17 @@ fn start_hub(
     let origin = origin_id();
     let bridge_config = config.bridge(jitter_seed());
     let history = config.history_rules();
+    let presence = !config.presence_rules().is_empty();
     match backend {
         Backend::Redis { url } => {
-            let adapter = RedisBackend::new(url, &config.channel_prefix, config.envelope, &history)
-                .context("invalid --redis-url")?;
+            let mut adapter =
+                RedisBackend::new(url, &config.channel_prefix, config.envelope, &history)
+                    .context("invalid --redis-url")?;
+            if presence {
+                adapter = adapter.with_presence();
+            }
             info!(%origin, prefix = %config.channel_prefix, envelope = ?config.envelope, "sharing topics through redis");
-            let format = Format::new(config.envelope, "redis", origin);
+            let format = Format::new(config.envelope, "redis", origin.clone());
             Ok(start_bridged(
                 adapter,
                 bridge_config,
@@ -192,15 +201,17 @@ fn start_hub(
                 None,
                 config,
                 metrics,
-                max_topics,
-                history,
+                &origin,
             ))
         }
         Backend::Postgres { url } => {
-            let adapter = PostgresBackend::new(url, &config.channel_prefix, &history)
+            let mut adapter = PostgresBackend::new(url, &config.channel_prefix, &history)
                 .context("invalid --database-url")?;
+            if presence {
+                adapter = adapter.with_presence();
+            }
             info!(%origin, prefix = %config.channel_prefix, envelope = ?config.envelope, "sharing topics through postgres");
-            let format = Format::new(config.envelope, "postgres", origin);
+            let format = Format::new(config.envelope, "postgres", origin.clone());
             Ok(start_bridged(
                 adapter,
                 bridge_config,
@@ -208,12 +219,13 @@ fn start_hub(
                 Some(postgres::MAX_PAYLOAD_BYTES),
                 config,
                 metrics,
-                max_topics,
-                history,
+                &origin,
             ))
         }
         _ => Ok((
-            Hub::new(max_topics, metrics.clone(), None, history).start(),
+            Hub::new(max_topics, metrics.clone(), None, history)
+                .with_presence(config.presence_rules(), origin, config.presence_ttl)
+                .start(),
             None,
         )),
     }
@@ -228,9 +240,10 @@ fn start_bridged<B: Adapter + Send>(
     max_message_bytes: Option<usize>,
     config: &Config,
     metrics: &Arc<Metrics>,
-    max_topics: usize,
-    history: HistoryRules,
+    origin: &str,
 ) -> (Addr<Hub>, Option<Recipient<Drain>>) {
+    let max_topics = config.max_topics_per_socket;
+    let history = config.history_rules();
     let name = adapter.name();
     let subscribe_timeout = config.subscribe_timeout;
     let limit = max_message_bytes.map(|max_bytes| {
@@ -245,18 +258,33 @@ fn start_bridged<B: Adapter + Send>(
     });
     let metrics = metrics.clone();
     let mut drain = None;
+    let presence = config.presence_rules();
+    let presence_ttl = config.presence_ttl;
+    let node = origin.to_owned();
     let hub = Hub::create(|ctx| {
         let incoming = ctx.address().recipient();
+        let changed = ctx.address().recipient();
+        let resync = ctx.address().recipient();
         let bridge_metrics = metrics.clone();
+        let presence_on = !presence.is_empty();
         let bridge = BridgeActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            BridgeActor::new(adapter, bridge_config, format, incoming, bridge_metrics)
+            let bridge = BridgeActor::new(adapter, bridge_config, format, incoming, bridge_metrics);
+            if presence_on {
+                bridge.with_presence(changed, resync)
+            } else {
+                bridge
+            }
         });
         drain = Some(bridge.clone().recipient());
         let mut upstream = Upstream::of(name, subscribe_timeout, &bridge);
         if let Some(limit) = limit {
             upstream = upstream.with_limit(limit);
         }
-        Hub::new(max_topics, metrics, Some(upstream), history)
+        Hub::new(max_topics, metrics, Some(upstream), history).with_presence(
+            presence,
+            node,
+            presence_ttl,
+        )
     });
     (hub, drain)
 }
@@ -291,7 +319,7 @@ async fn publish_what_was_accepted(drain: &Recipient<Drain>, deadline: Instant) 
     match actix_web::rt::time::timeout(left, drain.send(Drain)).await {
         Ok(_) => info!("every accepted message reached the backend"),
         Err(_) => {
-            warn!("the backend did not take every accepted message before the shutdown deadline")
+            warn!("the backend did not take every accepted message before the shutdown deadline");
         }
     }
 }

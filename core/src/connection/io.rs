@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::history::Position;
+use crate::presence::Meta;
 use crate::{Payload, Topic};
 
 /// Identifies one join the connection is waiting on; echoed in
@@ -45,6 +46,9 @@ pub enum Output {
         join: JoinId,
         /// The last position the client saw (its join's `since`), to recover from.
         since: Option<Position>,
+        /// For a topic that tracks presence: who joins (answer the join, then call
+        /// [`handle_presence_state`](super::Connection::handle_presence_state)).
+        presence: Option<PresenceJoin>,
     },
     /// Unsubscribe this connection from `topic` (no answer). It comes before the leave's reply
     /// and `phx_close`: a driver that queues deliveries sends what it queued for the old
@@ -63,6 +67,16 @@ pub enum Output {
         event: String,
         /// The message.
         payload: Payload,
+        /// Where the answer goes.
+        ack: Option<PushAck>,
+    },
+    /// Replace this connection's meta on a presence topic: the member `phx_ref_prev` names
+    /// leaves as the new one joins. Answer like a publish when `ack` is `Some`.
+    PresenceUpdate {
+        /// The topic.
+        topic: Topic,
+        /// The new meta (the token's `info` merged over what the client sent).
+        meta: Meta,
         /// Where the answer goes.
         ack: Option<PushAck>,
     },
@@ -87,6 +101,15 @@ pub enum Refusal {
     Unauthorized,
     /// Over a rate limit.
     RateLimited,
+}
+
+/// What a join of a presence topic tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceJoin {
+    /// The presence key; `None`: the socket watches the list without being in it.
+    pub key: Option<String>,
+    /// The member's meta.
+    pub meta: Meta,
 }
 
 /// How far the messages of a joined topic reach this connection.
@@ -143,6 +166,16 @@ pub enum JoinRefusal {
         /// Why.
         reason: String,
     },
+    /// The topic has as many presence members as it may (across every node).
+    PresenceFull {
+        /// The bound.
+        max: usize,
+    },
+    /// The presence list cannot be read or joined now (the backend is unreachable).
+    PresenceUnavailable {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for JoinRefusal {
@@ -159,6 +192,13 @@ impl fmt::Display for JoinRefusal {
             Self::Unavailable => f.write_str(super::reasons::UNAVAILABLE),
             Self::HistoryUnavailable { reason } => {
                 write!(f, "history unavailable: {reason}; try again")
+            }
+            Self::PresenceFull { max } => write!(
+                f,
+                "too many members: the topic has its limit of {max} presence members"
+            ),
+            Self::PresenceUnavailable { reason } => {
+                write!(f, "presence unavailable: {reason}; try again")
             }
         }
     }

@@ -47,12 +47,15 @@ pub mod reasons;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-pub use io::{JoinAnswer, JoinId, JoinRefusal, Output, PublishAnswer, PushAck, Reach, Refusal};
+pub use io::{
+    JoinAnswer, JoinId, JoinRefusal, Output, PresenceJoin, PublishAnswer, PushAck, Reach, Refusal,
+};
 pub use limits::Limits;
 
 use crate::codec::{decode_request_addressed, encode_close, encode_reply, Rejected};
 use crate::frame::{ClientFrame, Payload, Reply, Request};
 use crate::history::Position;
+use crate::presence::{self, Identity, Meta, MetaError, PresenceRules};
 use crate::rate::TokenBucket;
 use crate::{ChannelRules, Time, Topic};
 
@@ -88,6 +91,8 @@ pub struct Connection {
     limits: Arc<Limits>,
     rules: Arc<ChannelRules>,
     user: Option<String>,
+    presence: Arc<PresenceRules>,
+    identity: Identity,
     memberships: HashMap<Topic, Membership>,
     waiting: usize,
     waiting_bytes: usize,
@@ -115,6 +120,8 @@ impl Connection {
             limits,
             rules,
             user,
+            presence: Arc::new(PresenceRules::none()),
+            identity: Identity::default(),
             memberships: HashMap::new(),
             waiting: 0,
             waiting_bytes: 0,
@@ -123,6 +130,14 @@ impl Connection {
             outputs: VecDeque::new(),
             closed: false,
         }
+    }
+
+    /// The same connection, tracking presence on the topics `rules` name as `identity`.
+    #[must_use]
+    pub fn with_presence(mut self, rules: Arc<PresenceRules>, identity: Identity) -> Self {
+        self.presence = rules;
+        self.identity = identity;
+        self
     }
 
     /// The next thing to do, oldest first; `None` when there is nothing.
@@ -343,7 +358,28 @@ impl Connection {
         }
     }
 
-    /// The driver's answer to an [`Output::Publish`] that carried `ack`.
+    /// The presence list of `topic` (a `presence_state` payload), for the socket that just
+    /// joined it: sent right after the join's reply, with the join's `join_ref`. Ignored
+    /// unless the topic is joined.
+    pub fn handle_presence_state(&mut self, topic: &Topic, state: &Payload) {
+        if self.closed {
+            return;
+        }
+        let Some(Membership::Joined { join_ref }) = self.memberships.get(topic) else {
+            return;
+        };
+        let frame = crate::encode_parts(
+            join_ref.as_deref(),
+            None,
+            topic.as_str(),
+            presence::PRESENCE_STATE,
+            state.get(),
+        );
+        self.send(frame);
+    }
+
+    /// The driver's answer to an [`Output::Publish`] (or [`Output::PresenceUpdate`]) that
+    /// carried `ack`.
     pub fn handle_publish_answer(&mut self, ack: PushAck, answer: &PublishAnswer) {
         if self.closed {
             return;
@@ -436,8 +472,16 @@ impl Connection {
             self.reply_error(&frame, reasons::TOO_MANY_CHANNELS);
             return;
         }
-        let since = match join_params(&frame) {
-            Ok(since) => since,
+        let JoinParams { since, presence } = match join_params(&frame) {
+            Ok(params) => params,
+            Err(reason) => {
+                self.refused(Refusal::Protocol);
+                self.reply_error(&frame, &reason);
+                return;
+            }
+        };
+        let presence = match self.presence_join(&frame.topic, presence.as_ref()) {
+            Ok(presence) => presence,
             Err(reason) => {
                 self.refused(Refusal::Protocol);
                 self.reply_error(&frame, &reason);
@@ -456,7 +500,51 @@ impl Connection {
                 waiting: VecDeque::new(),
             },
         );
-        self.outputs.push_back(Output::Join { topic, join, since });
+        self.outputs.push_back(Output::Join {
+            topic,
+            join,
+            since,
+            presence,
+        });
+    }
+
+    /// What a join of `topic` tracks: `None` when the topic has no presence; the socket's key
+    /// and meta (`info` over the join's `presence` parameter) when it does.
+    fn presence_join(
+        &self,
+        topic: &Topic,
+        client: Option<&Meta>,
+    ) -> Result<Option<PresenceJoin>, String> {
+        if !self.presence.applies(topic) {
+            return match client {
+                None => Ok(None),
+                Some(_) => Err(reasons::PRESENCE_OFF.to_owned()),
+            };
+        }
+        let Some(key) = self.identity.key.clone() else {
+            return match client {
+                None => Ok(Some(PresenceJoin {
+                    key: None,
+                    meta: Meta::empty(),
+                })),
+                Some(_) => Err(reasons::PRESENCE_NO_KEY.to_owned()),
+            };
+        };
+        presence::meta::check_key(&key).map_err(|err| err.to_string())?;
+        let meta = self.meta(client).map_err(|err| err.to_string())?;
+        Ok(Some(PresenceJoin {
+            key: Some(key),
+            meta,
+        }))
+    }
+
+    /// The meta of this socket's membership: its `info` over what the client sent.
+    fn meta(&self, client: Option<&Meta>) -> Result<Meta, MetaError> {
+        Meta::merge(
+            self.identity.info.as_ref(),
+            client,
+            self.presence.max_meta_bytes,
+        )
     }
 
     fn leave(&mut self, frame: &ClientFrame, now: Time) {
@@ -500,6 +588,17 @@ impl Connection {
             self.reply_unaddressed(frame, reasons::STALE_JOIN_REF);
             return;
         }
+        if self.presence.applies(&frame.topic) {
+            if presence::SERVER_EVENTS.contains(&event.as_str()) {
+                self.refused(Refusal::Protocol);
+                self.reply_error(frame, reasons::PRESENCE_SERVER_EVENT);
+                return;
+            }
+            if event == presence::PRESENCE_UPDATE {
+                self.presence_update(frame, &payload, now);
+                return;
+            }
+        }
         if !self.rules.may_push(&frame.topic, self.user.as_deref()) {
             self.refused(Refusal::Unauthorized);
             self.reply_error(frame, reasons::UNAUTHORIZED);
@@ -519,6 +618,40 @@ impl Connection {
             topic: frame.topic.clone(),
             event,
             payload,
+            ack,
+        });
+    }
+
+    /// A `presence_update` push on a joined presence topic: the socket's new meta.
+    fn presence_update(&mut self, frame: &ClientFrame, payload: &Payload, now: Time) {
+        if self.identity.key.is_none() {
+            self.refused(Refusal::Protocol);
+            self.reply_error(frame, reasons::PRESENCE_NO_KEY);
+            return;
+        }
+        if !self.pushes.try_take(now) {
+            self.refused(Refusal::RateLimited);
+            self.reply_error(frame, reasons::RATE_LIMITED);
+            return;
+        }
+        let meta = Meta::parse(payload.get(), "the presence_update payload")
+            .and_then(|client| self.meta(Some(&client)));
+        let meta = match meta {
+            Ok(meta) => meta,
+            Err(err) => {
+                self.refused(Refusal::Protocol);
+                self.reply_error(frame, &err.to_string());
+                return;
+            }
+        };
+        let ack = frame.msg_ref.clone().map(|msg_ref| PushAck {
+            join_ref: frame.join_ref.clone(),
+            msg_ref,
+            topic: frame.topic.clone(),
+        });
+        self.outputs.push_back(Output::PresenceUpdate {
+            topic: frame.topic.clone(),
+            meta,
             ack,
         });
     }
@@ -565,31 +698,51 @@ impl Connection {
     }
 }
 
-/// The join's parameters the protocol reads: `since`, the last position the client saw (a
-/// string `"<offset>:<epoch>"`, or null). Other parameters are the application's.
-fn join_params(frame: &ClientFrame) -> Result<Option<Position>, String> {
+/// The join's parameters the protocol reads. Other parameters are the application's.
+#[derive(Debug, Default)]
+struct JoinParams {
+    /// `since`: the last position the client saw (a string `"<offset>:<epoch>"`, or null).
+    since: Option<Position>,
+    /// `presence`: what the client says about itself on a presence topic (an object, or null).
+    presence: Option<Meta>,
+}
+
+fn join_params(frame: &ClientFrame) -> Result<JoinParams, String> {
     #[derive(serde::Deserialize)]
     struct Params<'a> {
         #[serde(default, borrow)]
         since: Option<&'a serde_json::value::RawValue>,
+        #[serde(default, borrow)]
+        presence: Option<&'a serde_json::value::RawValue>,
     }
     let Request::Join { payload } = &frame.request else {
-        return Ok(None);
+        return Ok(JoinParams::default());
     };
     if payload.get() == "{}" {
-        return Ok(None);
+        return Ok(JoinParams::default());
     }
     let params: Params<'_> = serde_json::from_str(payload.get())
         .map_err(|err| format!("invalid join parameters: {err}"))?;
-    match params.since.map(serde_json::value::RawValue::get) {
-        None | Some("null") => Ok(None),
-        Some(text) => serde_json::from_str::<&str>(text)
-            .ok()
-            .ok_or_else(|| "invalid since: a position is a string \"<offset>:<epoch>\"".to_owned())?
-            .parse()
-            .map(Some)
-            .map_err(|err| format!("invalid since: {err}")),
-    }
+    let since = match params.since.map(serde_json::value::RawValue::get) {
+        None | Some("null") => None,
+        Some(text) => Some(
+            serde_json::from_str::<&str>(text)
+                .ok()
+                .ok_or_else(|| {
+                    "invalid since: a position is a string \"<offset>:<epoch>\"".to_owned()
+                })?
+                .parse()
+                .map_err(|err| format!("invalid since: {err}"))?,
+        ),
+    };
+    let presence = match params.presence {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => {
+            Some(Meta::parse(raw.get(), "the presence parameter").map_err(|err| err.to_string())?)
+        }
+    };
+    Ok(JoinParams { since, presence })
 }
 
 /// What a waiting frame costs, near enough: its variable parts.

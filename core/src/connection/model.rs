@@ -258,7 +258,9 @@ impl Driver {
                 Output::Leave { topic } => {
                     let _ = self.registry.unsubscribe(self.session, topic.as_str());
                 }
-                Output::Publish { ack, .. } => self.pushes.extend(ack),
+                Output::Publish { ack, .. } | Output::PresenceUpdate { ack, .. } => {
+                    self.pushes.extend(ack);
+                }
                 Output::Close { .. } => self.closed = true,
                 Output::Refused(_) => {}
             }

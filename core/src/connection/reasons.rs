@@ -42,3 +42,12 @@ pub const UNAVAILABLE: &str = "server unavailable";
 pub const TOO_MANY_WAITING: &str = "too many requests waiting for pending joins";
 /// An event the core does not know how to serve.
 pub const UNSUPPORTED: &str = "unsupported request";
+/// A join with a `presence` parameter on a topic that tracks no presence.
+pub const PRESENCE_OFF: &str =
+    "invalid presence: this topic tracks no presence (presence = true in its namespace turns it on)";
+/// A presence parameter or update from a socket without a presence key.
+pub const PRESENCE_NO_KEY: &str = "invalid presence: this socket has no presence key (connect \
+     with a token whose sub is the key, or, on a node without tokens, the user parameter)";
+/// A client push of an event only the server sends on a presence topic.
+pub const PRESENCE_SERVER_EVENT: &str =
+    "presence_state and presence_diff are sent by the server only";

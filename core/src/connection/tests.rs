@@ -3,6 +3,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::presence::{Identity, Meta, PresenceRules};
 use crate::{Access, Rule};
 
 fn open() -> Connection {
@@ -28,12 +29,29 @@ fn drain(conn: &mut Connection) -> Vec<Value> {
     while let Some(output) = conn.poll() {
         out.push(match output {
             Output::Send(text) => serde_json::from_str(&text).unwrap(),
-            Output::Join { topic, join, since } => match since {
-                Some(since) => {
-                    json!({"join": topic.as_str(), "id": join.get(), "since": since.to_string()})
+            Output::Join {
+                topic,
+                join,
+                since,
+                presence,
+            } => {
+                let mut out = json!({"join": topic.as_str(), "id": join.get()});
+                if let Some(since) = since {
+                    out["since"] = json!(since.to_string());
                 }
-                None => json!({"join": topic.as_str(), "id": join.get()}),
-            },
+                if let Some(presence) = presence {
+                    out["presence"] = json!({
+                        "key": presence.key,
+                        "meta": serde_json::from_str::<Value>(presence.meta.as_str()).unwrap(),
+                    });
+                }
+                out
+            }
+            Output::PresenceUpdate { topic, meta, ack } => json!({
+                "update": topic.as_str(),
+                "meta": serde_json::from_str::<Value>(meta.as_str()).unwrap(),
+                "acked": ack.is_some(),
+            }),
             Output::Leave { topic } => json!({"leave": topic.as_str()}),
             Output::Publish {
                 topic,
@@ -484,4 +502,140 @@ fn a_join_of_a_history_topic_replies_its_position_and_whether_it_recovered() {
         history_response(&"0:x".parse().unwrap(), None).get(),
         r#"{"position":"0:x"}"#
     );
+}
+
+fn presence_conn(key: Option<&str>, info: Option<&str>) -> Connection {
+    let mut rules = PresenceRules::none();
+    rules.enable("room");
+    rules.max_meta_bytes = 64;
+    let identity = Identity {
+        key: key.map(str::to_owned),
+        info: info.map(|info| Meta::parse(info, "info").unwrap()),
+    };
+    open().with_presence(Arc::new(rules), identity)
+}
+
+#[test]
+fn a_presence_join_names_the_member_and_the_state_follows_the_reply() {
+    let mut conn = presence_conn(Some("ada"), Some(r#"{"name":"Ada"}"#));
+    conn.handle_text(
+        r#"["1","1","room:1","phx_join",{"presence":{"status":"away","name":"Eve"}}]"#,
+        t(0),
+    );
+    let out = drain(&mut conn);
+    assert_eq!(
+        out,
+        vec![json!({"join": "room:1", "id": 1,
+            "presence": {"key": "ada", "meta": {"name": "Ada", "status": "away"}}})]
+    );
+    let topic = Topic::new("room:1").unwrap();
+    conn.handle_join_answer(
+        &topic,
+        JoinId(1),
+        JoinAnswer::Joined(Reach::Everywhere),
+        t(0),
+    );
+    let state = Payload::from_json(r#"{"ada":{"metas":[{"phx_ref":"n-1"}]}}"#).unwrap();
+    conn.handle_presence_state(&topic, &state);
+    assert_eq!(
+        drain(&mut conn),
+        vec![
+            json!(["1", "1", "room:1", "phx_reply", {"status": "ok", "response": {}}]),
+            json!(["1", null, "room:1", "presence_state", {"ada": {"metas": [{"phx_ref": "n-1"}]}}]),
+        ]
+    );
+    // A topic without presence gets no state and tracks nothing.
+    conn.handle_text(r#"["2","2","feed:1","phx_join",{}]"#, t(0));
+    assert_eq!(drain(&mut conn), vec![json!({"join": "feed:1", "id": 2})]);
+    conn.handle_presence_state(&Topic::new("feed:1").unwrap(), &state);
+    assert_eq!(drain(&mut conn), Vec::<Value>::new(), "not joined yet");
+}
+
+#[test]
+fn a_socket_without_a_key_watches_without_being_listed() {
+    let mut conn = presence_conn(None, None);
+    conn.handle_text(r#"["1","1","room:1","phx_join",{}]"#, t(0));
+    assert_eq!(
+        drain(&mut conn),
+        vec![json!({"join": "room:1", "id": 1, "presence": {"key": null, "meta": {}}})]
+    );
+    conn.handle_text(
+        r#"["2","2","room:2","phx_join",{"presence":{"a":1}}]"#,
+        t(0),
+    );
+    let out = drain(&mut conn);
+    assert_eq!(out[1][4]["response"]["reason"], reasons::PRESENCE_NO_KEY);
+}
+
+#[test]
+fn bad_presence_parameters_are_refused_with_reasons() {
+    let mut conn = presence_conn(Some("ada"), None);
+    for (payload, reason) in [
+        (
+            r#"{"presence":[1]}"#,
+            "the presence parameter must be a JSON object",
+        ),
+        (r#"{"presence":{"phx_ref":"x"}}"#, "\"phx_ref\" is reserved"),
+        (
+            r#"{"presence":{"bio":"0123456789012345678901234567890123456789012345678901234567890"}}"#,
+            "the limit is 64 bytes",
+        ),
+    ] {
+        conn.handle_text(&format!(r#"["1","1","room:1","phx_join",{payload}]"#), t(0));
+        let out = drain(&mut conn);
+        let got = out[1][4]["response"]["reason"].as_str().unwrap().to_owned();
+        assert!(got.contains(reason), "{payload}: {got}");
+    }
+    conn.handle_text(r#"["1","1","feed:1","phx_join",{"presence":{}}]"#, t(0));
+    let out = drain(&mut conn);
+    assert_eq!(out[1][4]["response"]["reason"], reasons::PRESENCE_OFF);
+    let mut long = presence_conn(Some(&"k".repeat(300)), None);
+    long.handle_text(r#"["1","1","room:1","phx_join",{}]"#, t(0));
+    let out = drain(&mut long);
+    assert!(out[1][4]["response"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("the key is 300 bytes"));
+}
+
+#[test]
+fn a_member_updates_its_meta_and_cannot_forge_diffs() {
+    let mut conn = presence_conn(Some("ada"), Some(r#"{"name":"Ada"}"#));
+    conn.handle_text(r#"["1","1","room:1","phx_join",{}]"#, t(0));
+    let _ = drain(&mut conn);
+    let topic = Topic::new("room:1").unwrap();
+    conn.handle_join_answer(
+        &topic,
+        JoinId(1),
+        JoinAnswer::Joined(Reach::Everywhere),
+        t(0),
+    );
+    let _ = drain(&mut conn);
+    conn.handle_text(
+        r#"["1","2","room:1","presence_update",{"status":"typing","name":"Eve"}]"#,
+        t(0),
+    );
+    assert_eq!(
+        drain(&mut conn),
+        vec![
+            json!({"update": "room:1", "meta": {"name": "Ada", "status": "typing"}, "acked": true})
+        ]
+    );
+    for event in ["presence_diff", "presence_state"] {
+        conn.handle_text(
+            &format!(r#"["1","3","room:1","{event}",{{"joins":{{}}}}]"#),
+            t(0),
+        );
+        let out = drain(&mut conn);
+        assert_eq!(
+            out[1][4]["response"]["reason"],
+            reasons::PRESENCE_SERVER_EVENT
+        );
+    }
+    conn.handle_text(r#"["1","4","room:1","presence_update",[]]"#, t(0));
+    let out = drain(&mut conn);
+    assert!(out[1][4]["response"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("must be a JSON object"));
 }

@@ -11,6 +11,8 @@ use futures_util::future::LocalBoxFuture;
 use switchboard_core::bridge::{EdgeOp, RequestError};
 use switchboard_core::history::recovery::HistoryRead;
 use switchboard_core::history::Position;
+pub use switchboard_core::presence::ops::{PresenceOp, PresenceReply};
+use switchboard_core::presence::Member;
 use switchboard_core::Topic;
 use tokio::sync::mpsc;
 
@@ -58,6 +60,31 @@ impl Outgoing {
         self.len() == 0
     }
 }
+
+/// A [`PresenceOp::Sync`]'s entries as both backends' `switchboard_presence_sync` take them:
+/// `[[topic, ref, key, "<meta JSON>"], ...]`, the meta as a JSON *string* holding the object
+/// (so Redis' Lua passes its text on untouched instead of decoding and re-encoding it). The
+/// members' `node` is not sent: every entry is the syncing node's.
+#[must_use]
+pub fn sync_entries_json(entries: &[(Topic, String, Member)]) -> String {
+    let rows: Vec<[&str; 4]> = entries
+        .iter()
+        .map(|(topic, phx_ref, member)| {
+            [
+                topic.as_str(),
+                phx_ref.as_str(),
+                member.key.as_str(),
+                member.meta.as_str(),
+            ]
+        })
+        .collect();
+    // unwrap: an array of strings always serializes.
+    serde_json::to_string(&rows).expect("strings serialize")
+}
+
+/// What a batch of messages came to: one result per message (a record's position, or why the
+/// backend refused it), or why the connection failed.
+pub type PublishResults = Result<Vec<Result<Option<Position>, String>>, String>;
 
 /// A message that arrived from the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +176,7 @@ pub trait Backend: Unpin + 'static {
         &self,
         link: &Self::Link,
         messages: Vec<Outgoing>,
-    ) -> LocalBoxFuture<'static, Result<Vec<Result<Option<Position>, String>>, String>>;
+    ) -> LocalBoxFuture<'static, PublishResults>;
 
     /// Reads `topic`'s history after offset `after`, at most `limit` publications.
     fn read_history(
@@ -159,6 +186,16 @@ pub trait Backend: Unpin + 'static {
         after: u64,
         limit: u32,
     ) -> LocalBoxFuture<'static, Result<HistoryRead, RequestError>>;
+
+    /// Performs a presence operation (see [`PresenceOp`] for each one's contract). An error
+    /// reply of the backend (presence not installed, an argument refused) is
+    /// [`RequestError::Refused`]; a lost connection or a reply of the wrong shape is
+    /// [`RequestError::Failed`].
+    fn presence(
+        &self,
+        link: &Self::Link,
+        op: PresenceOp,
+    ) -> LocalBoxFuture<'static, Result<PresenceReply, RequestError>>;
 
     /// Checks that every connection of `link` answers.
     fn ping(&self, link: &Self::Link) -> LocalBoxFuture<'static, Result<(), String>>;

@@ -29,11 +29,15 @@ use actix::prelude::*;
 use switchboard_core::bridge::{
     Action, Bridge, BridgeConfig, EdgeOp, Generation, LinkStatus, PublishOutcome, WaitOutcome,
 };
+use switchboard_core::presence::{self, event::Change};
 use switchboard_core::{Time, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::messages::{Drain, Incoming, UpstreamEdge, UpstreamPublish, UpstreamRead, UpstreamWait};
+use crate::messages::{
+    Drain, Incoming, PresenceChanged, PresenceResync, UpstreamEdge, UpstreamPresence,
+    UpstreamPublish, UpstreamRead, UpstreamWait,
+};
 use crate::metrics::{self, Metrics};
 pub use backend::Backend;
 use backend::{Connected, Inbox, Outgoing, Received};
@@ -62,6 +66,8 @@ pub struct BridgeActor<B: Backend> {
     /// Subscribed channel → its topic (channels are not always prefix + topic).
     channels: HashMap<String, Topic>,
     incoming: Recipient<Incoming>,
+    /// Where presence changes and "the bridge is up" go, when presence is on.
+    presence: Option<PresenceLink>,
     metrics: Arc<Metrics>,
     epoch: Instant,
     timer: Option<(Time, SpawnHandle)>,
@@ -101,11 +107,25 @@ impl<B: Backend> BridgeActor<B> {
             next_request: 0,
             channels: HashMap::new(),
             incoming,
+            presence: None,
             metrics,
             epoch: Instant::now(),
             timer: None,
             drains: Vec::new(),
         }
+    }
+
+    /// The same bridge, handing presence changes announced on the backend to `changed` and
+    /// telling `up` whenever changes may have been missed (it connected and subscribed again,
+    /// or a change did not fit the hub's mailbox).
+    #[must_use]
+    pub fn with_presence(
+        mut self,
+        changed: Recipient<PresenceChanged>,
+        up: Recipient<PresenceResync>,
+    ) -> Self {
+        self.presence = Some(PresenceLink { changed, up });
+        self
     }
 
     fn now(&self) -> Time {
@@ -304,6 +324,10 @@ impl<B: Backend> BridgeActor<B> {
             debug!(channel = %received.channel, "message on a channel not subscribed");
             return;
         };
+        if let Some(members_of) = presence::topic_of(topic) {
+            self.receive_presence(members_of, &received.body);
+            return;
+        }
         let decoded = match self.format.read(&received.body, received.from_self) {
             Read::Deliver(decoded) => decoded,
             Read::Echo => return,
@@ -326,6 +350,31 @@ impl<B: Backend> BridgeActor<B> {
         }
     }
 
+    /// A presence change arrived on `topic`'s presence channel.
+    fn receive_presence(&self, topic: Topic, body: &[u8]) {
+        let Some(link) = &self.presence else {
+            return;
+        };
+        match Change::parse(body) {
+            Ok(change) => {
+                if link
+                    .changed
+                    .try_send(PresenceChanged { topic, change })
+                    .is_err()
+                {
+                    // A lost change would leave a list wrong: the hub reads them all again.
+                    metrics::add(&self.metrics.bridge_dropped, 1);
+                    warn!("hub mailbox full; a presence change is dropped, resyncing presence");
+                    link.up.do_send(PresenceResync);
+                }
+            }
+            Err(err) => {
+                metrics::add(&self.metrics.presence_errors, 1);
+                warn!(%topic, %err, "presence change refused");
+            }
+        }
+    }
+
     fn report(&self, status: &LinkStatus) {
         let backend = self.backend.name();
         match status {
@@ -341,6 +390,9 @@ impl<B: Backend> BridgeActor<B> {
             LinkStatus::Ready => {
                 metrics::set(&self.metrics.bridge_up, 1);
                 info!(backend, "bridge up");
+                if let Some(link) = &self.presence {
+                    link.up.do_send(PresenceResync);
+                }
             }
             LinkStatus::Down { reason, notable } => {
                 metrics::set(&self.metrics.bridge_up, 0);
@@ -353,6 +405,13 @@ impl<B: Backend> BridgeActor<B> {
             other => debug!(?other, "bridge status"),
         }
     }
+}
+
+/// The hub's presence recipients.
+#[derive(Debug)]
+struct PresenceLink {
+    changed: Recipient<PresenceChanged>,
+    up: Recipient<PresenceResync>,
 }
 
 type MachineAction =
@@ -447,6 +506,48 @@ impl<B: Backend> Handler<UpstreamRead> for BridgeActor<B> {
                 Ok(Err(err)) => Err(err.to_string()),
                 Err(_) => Err(format!("the history read took longer than {timeout:?}")),
             }
+        };
+        // Abandoned with its generation: the reply is then dropped, which the hub reads as
+        // "unavailable".
+        self.run(ctx, request, move |_, result, _, _| {
+            let _ = reply.send(result);
+        });
+    }
+}
+
+impl<B: Backend> Handler<UpstreamPresence> for BridgeActor<B> {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpstreamPresence, ctx: &mut Self::Context) {
+        let UpstreamPresence { op, reply } = msg;
+        let generation = self.machine.generation();
+        let link = self
+            .machine
+            .is_up()
+            .then(|| self.live(generation))
+            .flatten();
+        let Some(link) = link else {
+            let _ = reply.send(Err(format!(
+                "the {} backend is unreachable",
+                self.backend.name()
+            )));
+            return;
+        };
+        let timeout = self.read_timeout;
+        let request = self.backend.presence(&link, op);
+        let metrics = self.metrics.clone();
+        let request = async move {
+            let result = match tokio::time::timeout(timeout, request).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!(
+                    "the presence operation took longer than {timeout:?}"
+                )),
+            };
+            if result.is_err() {
+                metrics::add(&metrics.presence_errors, 1);
+            }
+            result
         };
         // Abandoned with its generation: the reply is then dropped, which the hub reads as
         // "unavailable".

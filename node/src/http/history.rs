@@ -7,14 +7,14 @@ use serde_json::{json, Value};
 use switchboard_core::history::Position;
 use switchboard_core::Topic;
 
-use super::{authorized, error, AppState};
+use super::{error, refusal, AppState};
 use crate::hub::ReadHistory;
 
 /// The most publications one request returns.
 pub const MAX_LIMIT: u32 = 10_000;
 
 pub(super) async fn history(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(refused) = authorized(&req, &state) {
+    if let Some(refused) = refusal(&req, &state) {
         return refused;
     }
     let mut topic = None;

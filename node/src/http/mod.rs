@@ -4,10 +4,12 @@
 //! - [`socket`]: `GET /socket/websocket`, the WebSocket upgrade.
 //! - [`publish`]: `POST /api/publish`.
 //! - [`history`]: `GET /api/history`.
+//! - [`presence`]: `GET /api/presence`.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod health;
 pub mod history;
+pub mod presence;
 pub mod publish;
 pub mod socket;
 
@@ -19,6 +21,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use switchboard_core::connection::Limits;
+use switchboard_core::presence::PresenceRules;
 
 use crate::connections::ConnectionSlots;
 use crate::hub::Hub;
@@ -48,6 +51,8 @@ pub struct AppState {
     pub slots: ConnectionSlots,
     /// The header a trusted proxy puts the client's address in, if one is configured.
     pub client_ip_header: Option<header::HeaderName>,
+    /// Which topics track presence.
+    pub presence: Arc<PresenceRules>,
 }
 
 /// Registers every route.
@@ -57,6 +62,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/api/publish", web::post().to(publish::publish))
         .route("/api/publish", web::route().to(method_not_allowed))
         .route("/api/history", web::get().to(history::history))
+        .route("/api/presence", web::get().to(presence::presence))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
@@ -70,22 +76,24 @@ fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Htt
     }))
 }
 
-/// Checks the API key of an API request; the refusal is the response to send.
-fn authorized(req: &HttpRequest, state: &AppState) -> Result<(), HttpResponse> {
+/// Checks the API key of an API request: the response to send when it is refused.
+fn refusal(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     if state.security.api_key_accepted(authorization) {
-        return Ok(());
+        return None;
     }
     crate::metrics::add(&state.metrics.unauthorized, 1);
-    Err(HttpResponse::Unauthorized()
-        .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-        .json(json!({"error": {
-            "code": "unauthorized",
-            "message": "this API needs the API key as `Authorization: Bearer <key>`",
-        }})))
+    Some(
+        HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .json(json!({"error": {
+                "code": "unauthorized",
+                "message": "this API needs the API key as `Authorization: Bearer <key>`",
+            }})),
+    )
 }
 
 async fn method_not_allowed() -> HttpResponse {
@@ -102,7 +110,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no route for {} {}; see /socket/websocket, /api/publish, /api/history, /healthz, \
+            "no route for {} {}; see /socket/websocket, /api/publish, /api/history, /api/presence, /healthz, \
              /readyz, /metrics",
             req.method(),
             req.path()

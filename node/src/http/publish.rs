@@ -6,9 +6,10 @@ use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
+use switchboard_core::presence;
 use switchboard_core::{Payload, Topic};
 
-use super::{authorized, error, AppState};
+use super::{error, refusal, AppState};
 use crate::hub::{Publish, Published, UpstreamOutcome};
 use crate::messages::{DEFAULT_EVENT, RESERVED_PREFIX};
 
@@ -27,7 +28,7 @@ pub(super) async fn publish(
     mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(refused) = authorized(&req, &state) {
+    if let Some(refused) = refusal(&req, &state) {
         return refused;
     }
     let declared = req
@@ -58,7 +59,21 @@ pub(super) async fn publish(
         }
         bytes.extend_from_slice(&chunk);
     }
-    let publish = match parse_publish(&bytes) {
+    let parsed = parse_publish(&bytes).and_then(|publish| {
+        if state.presence.applies(&publish.topic)
+            && presence::SERVER_EVENTS.contains(&publish.event.as_str())
+        {
+            return Err((
+                "invalid_event",
+                format!(
+                    "event {:?} is sent by the server only on a topic with presence",
+                    publish.event
+                ),
+            ));
+        }
+        Ok(publish)
+    });
+    let publish = match parsed {
         Ok(publish) => publish,
         Err((code, message)) => return error(StatusCode::BAD_REQUEST, code, message),
     };

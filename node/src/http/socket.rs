@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use switchboard_core::connection::Connection;
+use switchboard_core::Time;
 use tracing::debug;
 
 use super::{error, AppState};
@@ -17,11 +19,13 @@ use crate::transport;
 pub const PROTOCOL_VSN: &str = "2.0.0";
 
 /// The socket's query parameters. Parsed leniently, as phoenix.js clients expect: unknown
-/// or malformed parameters are ignored and the first `vsn` and `token` win.
+/// or malformed parameters are ignored and the first `vsn`, `token` and `user` win.
 #[derive(Debug, Default)]
 struct SocketQuery {
     vsn: Option<String>,
     token: Option<String>,
+    /// On an open node, the client's presence key (phoenix.js: `params: {user: "ada"}`).
+    user: Option<String>,
 }
 
 impl SocketQuery {
@@ -31,6 +35,7 @@ impl SocketQuery {
             let slot = match key.as_ref() {
                 "vsn" => &mut parsed.vsn,
                 "token" => &mut parsed.token,
+                "user" => &mut parsed.user,
                 _ => continue,
             };
             if slot.is_none() {
@@ -122,11 +127,24 @@ pub(super) async fn socket(
             return error(status, code, refused);
         }
     };
-    let session = WsSession::new(
-        state.hub.clone(),
+    // Who the socket is on presence topics: the token's sub, or on an open node what the
+    // client calls itself (the user parameter).
+    let key = if state.security.is_open() {
+        query.user.filter(|user| !user.is_empty())
+    } else {
+        identity.user.clone()
+    };
+    let presence = switchboard_core::presence::Identity { key, info: None };
+    let engine = Connection::new(
         state.limits.clone(),
         state.security.rules().clone(),
         identity.user,
+        Time::ZERO,
+    )
+    .with_presence(state.presence.clone(), presence);
+    let session = WsSession::new(
+        state.hub.clone(),
+        engine,
         state.send_buffer_bytes,
         state.metrics.clone(),
         slot,

@@ -16,27 +16,35 @@
 //! topic reads the history after being subscribed and hands the session what it missed
 //! (when it asks with `since`) before any later delivery.
 //!
+//!
+//! A topic with presence lists who is on it: a join of one tracks the socket's member, then
+//! the socket gets the list (`presence_state`) right after its reply, and batched
+//! `presence_diff`s from then on ([`presence`]).
+//!
 //! # Layout
 //! - [`outbox`]: bounded delivery from the hub to one session.
 //! - [`upstream`]: the hub's handle on a bridge.
 //! - [`history`]: the memory backend's streams and the sessions recovering a topic.
+//! - [`presence`]: member lists, this node's members, batched diffs, heartbeats.
 
 pub mod history;
 pub mod outbox;
+pub mod presence;
 pub mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use switchboard_core::bridge::{EdgeOp, PublishOutcome, WaitOutcome};
 use switchboard_core::connection::{
-    reasons, JoinAnswer, JoinRefusal, PublishAnswer, PushAck, Reach,
+    reasons, JoinAnswer, JoinRefusal, PresenceJoin, PublishAnswer, PushAck, Reach,
 };
 use switchboard_core::history::recovery::{recover, HistoryRead, Publication};
-use switchboard_core::history::{HistoryRules, Position};
+use switchboard_core::history::{HistoryRules, Position, Retention};
+use switchboard_core::presence::PresenceRules;
 use switchboard_core::{
     encode_parts, Payload, Registry, SessionId, SubscribeError, Subscribed, Time, Topic,
     Unsubscribed,
@@ -50,6 +58,7 @@ use crate::messages::{
 use crate::metrics::{self, Metrics};
 use history::Histories;
 use outbox::{Outbox, Overflow};
+use presence::Presences;
 use upstream::{TooLarge, Upstream};
 
 /// How many messages the hub's mailbox holds before senders that respect it must wait
@@ -58,7 +67,7 @@ pub const HUB_MAILBOX_CAPACITY: usize = 16 * 1024;
 
 /// How often the hub forgets sessions whose actor is gone without saying so (a socket reset
 /// before its registration was answered never sends [`Disconnect`]).
-pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the hub keeps per connected session.
 #[derive(Debug)]
@@ -75,8 +84,21 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     upstream: Option<Upstream>,
     histories: Histories,
+    presences: Presences,
+    /// How long this node's presence members outlive it on the backend.
+    presence_ttl: Duration,
+    /// (session, topic) pairs with a presence update in flight.
+    updating: HashSet<(SessionId, Topic)>,
     /// The hub's clock starts when it does.
     started: Instant,
+}
+
+/// A step of the hub's work that may wait for the bridge.
+type Step<T> = fut::LocalBoxActorFuture<Hub, T>;
+
+/// A step whose result is known now.
+fn ready_step<T: 'static>(value: T) -> Step<T> {
+    Box::pin(fut::ready(value))
 }
 
 impl Hub {
@@ -95,8 +117,20 @@ impl Hub {
             metrics,
             upstream,
             histories: Histories::new(history),
+            presences: Presences::new(Arc::new(PresenceRules::none()), "local".into()),
+            presence_ttl: Duration::from_secs(30),
+            updating: HashSet::new(),
             started: Instant::now(),
         }
+    }
+
+    /// The same hub, tracking presence on the topics `rules` name, as node `node` (its id on
+    /// the backend) whose members outlive it there by `ttl`.
+    #[must_use]
+    pub fn with_presence(mut self, rules: PresenceRules, node: String, ttl: Duration) -> Self {
+        self.presences = Presences::new(Arc::new(rules), node);
+        self.presence_ttl = ttl;
+        self
     }
 
     fn now(&self) -> Time {
@@ -124,6 +158,7 @@ impl Hub {
     fn forget(&mut self, id: SessionId) -> Option<SessionEntry> {
         let entry = self.sessions.remove(&id);
         self.histories.forget(id);
+        self.presence_forget(id);
         let emptied = self.registry.disconnect(id);
         for topic in emptied.topics {
             self.edge(topic, EdgeOp::Unsubscribe);
@@ -235,8 +270,7 @@ impl Hub {
                 if since.is_some() {
                     metrics::add(&self.metrics.recoveries_failed, 1);
                 }
-                debug!(%topic, session = %session, %reason, "history unavailable; join undone");
-                self.undo_join(session, topic);
+                debug!(%topic, session = %session, %reason, "history unavailable");
                 return JoinAnswer::Refused(JoinRefusal::HistoryUnavailable { reason });
             }
         };
@@ -311,6 +345,7 @@ impl Actor for Hub {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(HUB_MAILBOX_CAPACITY);
+        self.start_presence(ctx);
         ctx.run_interval(SWEEP_INTERVAL, |hub, _| {
             let now = hub.now();
             hub.histories.sweep(now);
@@ -373,10 +408,11 @@ impl Handler<Disconnect> for Hub {
 }
 
 /// Subscribe a session to a topic (a `phx_join`). Answered once the subscription is in effect
-/// everywhere it can be, and, for a topic with history, once the session has been handed what
-/// it missed since `since` (see the module doc).
+/// everywhere it can be; for a topic with presence, once the session's member is tracked; for
+/// a topic with history, once the session has been handed what it missed since `since` (see
+/// the module doc).
 #[derive(Debug, Message)]
-#[rtype(result = "JoinAnswer")]
+#[rtype(result = "Joined")]
 pub struct Subscribe {
     /// The session.
     pub session: SessionId,
@@ -384,6 +420,20 @@ pub struct Subscribe {
     pub topic: Topic,
     /// The last position the client saw, to recover from.
     pub since: Option<Position>,
+    /// Who joins, for a topic with presence.
+    pub presence: Option<PresenceJoin>,
+}
+
+/// The hub's answer to a [`Subscribe`].
+#[derive(Debug)]
+pub struct Joined {
+    /// The answer for the engine.
+    pub answer: JoinAnswer,
+    /// Whether the hub holds the session's queue (what the join recovered, presence diffs):
+    /// the session sends the reply (and the state) first, then releases it.
+    pub held: bool,
+    /// For a topic with presence: its list, for the socket right after the reply.
+    pub presence_state: Option<Payload>,
 }
 
 /// What a history read asks for: after the client's position, as much as the history holds;
@@ -392,15 +442,131 @@ fn read_bounds(since: Option<&Position>, size: u32) -> (u64, u32) {
     since.map_or((0, 0), |since| (since.offset, size))
 }
 
-impl Handler<Subscribe> for Hub {
-    type Result = ActorResponse<Self, JoinAnswer>;
+impl Hub {
+    /// Waits until `topic`'s subscription is in effect upstream: how far it reaches, or why it
+    /// is not.
+    fn confirm_upstream(&self, topic: &Topic) -> Step<Result<Reach, JoinRefusal>> {
+        let Some(upstream) = &self.upstream else {
+            return ready_step(Ok(Reach::Everywhere));
+        };
+        let timeout = upstream.subscribe_timeout;
+        let (reply, answer) = oneshot::channel();
+        upstream.wait.do_send(UpstreamWait {
+            topic: topic.clone(),
+            reply,
+        });
+        Box::pin(
+            answer
+                .into_actor(self)
+                .map(move |outcome, _, _| match outcome {
+                    Ok(WaitOutcome::Confirmed) => Ok(Reach::Everywhere),
+                    Ok(WaitOutcome::LocalOnly) => Ok(Reach::LocalOnly),
+                    Ok(WaitOutcome::TimedOut) => {
+                        Err(JoinRefusal::UpstreamTimeout { after: timeout })
+                    }
+                    Ok(WaitOutcome::Refused(reason)) => {
+                        Err(JoinRefusal::UpstreamRefused { reason })
+                    }
+                    Ok(_) | Err(_) => Err(JoinRefusal::Unavailable),
+                }),
+        )
+    }
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+    /// The history part of a join that reached `reach`: reads what the session missed and
+    /// queues it (see [`finish_recovery`](Self::finish_recovery)).
+    fn join_history(
+        &mut self,
+        session: SessionId,
+        topic: Topic,
+        since: Option<Position>,
+        history: Option<(Retention, u64)>,
+        reach: Reach,
+    ) -> Step<JoinAnswer> {
+        let Some((retention, recovery)) = history else {
+            return ready_step(JoinAnswer::Joined(reach));
+        };
+        if reach == Reach::LocalOnly {
+            let _ = self.histories.end_recovery(&topic, recovery);
+            if since.is_none() {
+                return ready_step(JoinAnswer::Joined(Reach::LocalOnly));
+            }
+            metrics::add(&self.metrics.recoveries_failed, 1);
+            return ready_step(JoinAnswer::Refused(JoinRefusal::HistoryUnavailable {
+                reason: "the backend is unreachable".into(),
+            }));
+        }
+        metrics::add(&self.metrics.history_reads, 1);
+        let (after, limit) = read_bounds(since.as_ref(), retention.size);
+        let Some(upstream) = &self.upstream else {
+            let now = self.now();
+            let read = self
+                .histories
+                .read(&topic, retention, after, limit as usize, now);
+            let answer = self.finish_recovery(session, &topic, recovery, since.as_ref(), Ok(read));
+            return ready_step(answer);
+        };
+        let (reply, read) = oneshot::channel();
+        upstream.read.do_send(UpstreamRead {
+            topic: topic.clone(),
+            after,
+            limit,
+            reply,
+        });
+        Box::pin(read.into_actor(self).map(move |read, hub, _| {
+            let read = read.unwrap_or_else(|_| Err("the bridge stopped".into()));
+            hub.finish_recovery(session, &topic, recovery, since.as_ref(), read)
+        }))
+    }
+
+    /// The end of every join: undoes what a refused one did; gives an answered presence join
+    /// its list.
+    fn finish_join(
+        &mut self,
+        session: SessionId,
+        topic: &Topic,
+        answer: JoinAnswer,
+        presence: bool,
+    ) -> Joined {
+        let joined = !matches!(answer, JoinAnswer::Refused(_));
+        let mut held = matches!(answer, JoinAnswer::JoinedAt { .. });
+        let mut presence_state = None;
+        if presence {
+            presence_state = self.presence_settle(session, topic, joined);
+            if let (Some(_), Some(entry), false) =
+                (&presence_state, self.sessions.get(&session), held)
+            {
+                // Diffs from now on wait until the session has sent the reply and the list.
+                entry.outbox.hold();
+                held = true;
+            }
+        }
+        if let JoinAnswer::Refused(refusal) = &answer {
+            debug!(%topic, session = %session, %refusal, "join undone");
+            self.undo_join(session, topic);
+        }
+        Joined {
+            answer,
+            held,
+            presence_state,
+        }
+    }
+}
+
+impl Handler<Subscribe> for Hub {
+    type Result = ActorResponse<Self, Joined>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
         let Subscribe {
             session,
             topic,
             since,
+            presence,
         } = msg;
+        let refused = |refusal| Joined {
+            answer: JoinAnswer::Refused(refusal),
+            held: false,
+            presence_state: None,
+        };
         match self.registry.subscribe(session, &topic) {
             Ok(Subscribed::FirstLocal) => {
                 debug!(%topic, "first local subscriber");
@@ -408,9 +574,9 @@ impl Handler<Subscribe> for Hub {
             }
             Ok(_) => {}
             Err(SubscribeError::TooManyTopics { .. }) => {
-                return ActorResponse::reply(JoinAnswer::Refused(JoinRefusal::TooManyTopics));
+                return ActorResponse::reply(refused(JoinRefusal::TooManyTopics));
             }
-            Err(_) => return ActorResponse::reply(JoinAnswer::Refused(JoinRefusal::Unavailable)),
+            Err(_) => return ActorResponse::reply(refused(JoinRefusal::Unavailable)),
         }
         self.update_gauges();
         let retention = self.histories.retention(&topic);
@@ -418,78 +584,44 @@ impl Handler<Subscribe> for Hub {
             metrics::add(&self.metrics.recoveries, 1);
         }
         // From now on the topic's deliveries to this session wait for its recovery.
-        let recovery = retention.map(|_| self.histories.begin_recovery(&topic, session));
-        let Some(upstream) = &self.upstream else {
-            let (Some(retention), Some(recovery)) = (retention, recovery) else {
-                return ActorResponse::reply(JoinAnswer::Joined(Reach::Everywhere));
-            };
-            metrics::add(&self.metrics.history_reads, 1);
-            let (after, limit) = read_bounds(since.as_ref(), retention.size);
-            let now = self.now();
-            let read = self
-                .histories
-                .read(&topic, retention, after, limit as usize, now);
-            let answer = self.finish_recovery(session, &topic, recovery, since.as_ref(), Ok(read));
-            return ActorResponse::reply(answer);
-        };
-        let timeout = upstream.subscribe_timeout;
-        let reads = upstream.read.clone();
-        let (reply, answer) = oneshot::channel();
-        upstream.wait.do_send(UpstreamWait {
-            topic: topic.clone(),
-            reply,
-        });
-        let joined = answer.into_actor(self).then(move |outcome, hub, _| {
-            let refusal = match (outcome, retention.zip(recovery)) {
-                (Ok(WaitOutcome::Confirmed), None) => {
-                    return ready(JoinAnswer::Joined(Reach::Everywhere));
-                }
-                (Ok(WaitOutcome::Confirmed), Some((retention, recovery))) => {
-                    let (after, limit) = read_bounds(since.as_ref(), retention.size);
-                    let (reply, read) = oneshot::channel();
-                    reads.do_send(UpstreamRead {
-                        topic: topic.clone(),
-                        after,
-                        limit,
-                        reply,
-                    });
-                    let answer = read.into_actor(hub).map(move |read, hub, _| {
-                        let read = read.unwrap_or_else(|_| Err("the bridge stopped".into()));
-                        hub.finish_recovery(session, &topic, recovery, since.as_ref(), read)
-                    });
-                    return Box::pin(answer);
-                }
-                (Ok(WaitOutcome::LocalOnly), recovering) => {
-                    let Some((_, recovery)) = recovering else {
-                        return ready(JoinAnswer::Joined(Reach::LocalOnly));
-                    };
-                    let _ = hub.histories.end_recovery(&topic, recovery);
-                    if since.is_none() {
-                        return ready(JoinAnswer::Joined(Reach::LocalOnly));
-                    }
-                    metrics::add(&hub.metrics.recoveries_failed, 1);
-                    JoinRefusal::HistoryUnavailable {
-                        reason: "the backend is unreachable".into(),
-                    }
-                }
-                (Ok(WaitOutcome::TimedOut), _) => JoinRefusal::UpstreamTimeout { after: timeout },
-                (Ok(WaitOutcome::Refused(reason)), _) => JoinRefusal::UpstreamRefused { reason },
-                (Ok(_) | Err(_), _) => JoinRefusal::Unavailable,
-            };
-            if let Some(recovery) = recovery {
-                let _ = hub.histories.end_recovery(&topic, recovery);
+        let history =
+            retention.map(|retention| (retention, self.histories.begin_recovery(&topic, session)));
+        let has_presence = presence.is_some();
+        let loaded = presence.as_ref().map(|_| self.presence_enter(&topic, ctx));
+        let confirmed = self.confirm_upstream(&topic);
+        let topic_for_presence = topic.clone();
+        let with_presence = confirmed.then(move |reach, _: &mut Self, _| -> Step<_> {
+            match (reach, loaded, presence) {
+                (
+                    Ok(reach),
+                    Some(loaded),
+                    Some(PresenceJoin {
+                        key: Some(key),
+                        meta,
+                    }),
+                ) => Box::pin(loaded.then(move |(), hub: &mut Self, _| {
+                    hub.presence_track(session, topic_for_presence, key, meta)
+                        .map(move |tracked, _, _| tracked.map(|()| reach))
+                })),
+                (Ok(reach), Some(loaded), _) => Box::pin(loaded.map(move |(), _, _| Ok(reach))),
+                (reach, _, _) => ready_step(reach),
             }
-            debug!(%topic, session = %session, %refusal, "join undone");
-            hub.undo_join(session, &topic);
-            ready(JoinAnswer::Refused(refusal))
         });
-        ActorResponse::r#async(joined)
+        let topic_for_history = topic.clone();
+        let answered = with_presence.then(move |reach, hub: &mut Self, _| match reach {
+            Ok(reach) => hub.join_history(session, topic_for_history, since, history, reach),
+            Err(refusal) => {
+                if let Some((_, recovery)) = history {
+                    let _ = hub.histories.end_recovery(&topic_for_history, recovery);
+                }
+                ready_step(JoinAnswer::Refused(refusal))
+            }
+        });
+        ActorResponse::r#async(
+            answered
+                .map(move |answer, hub, _| hub.finish_join(session, &topic, answer, has_presence)),
+        )
     }
-}
-
-/// An answer the hub has at once, as the boxed future the join's other answers are.
-fn ready(answer: JoinAnswer) -> fut::LocalBoxActorFuture<Hub, JoinAnswer> {
-    Box::pin(fut::ready(answer))
 }
 
 /// Unsubscribe a session from a topic (a `phx_leave`).
@@ -507,6 +639,9 @@ impl Handler<Unsubscribe> for Hub {
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
         self.undo_join(msg.session, &msg.topic);
+        if self.presences.rules().applies(&msg.topic) {
+            self.presence_leave(msg.session, &msg.topic);
+        }
         if let Some(entry) = self.sessions.get(&msg.session) {
             entry.outbox.left(msg.topic);
         }
@@ -706,6 +841,14 @@ impl Handler<Incoming> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: Incoming, _: &mut Self::Context) {
+        if self.presences.rules().applies(&msg.topic)
+            && switchboard_core::presence::SERVER_EVENTS.contains(&msg.event.as_str())
+        {
+            // Only this node writes a presence topic's list: a forged diff would break it.
+            metrics::add(&self.metrics.bridge_refused, 1);
+            debug!(topic = %msg.topic, event = %msg.event, "message with a presence event refused");
+            return;
+        }
         let _ = self.deliver_locally(&msg.topic, &msg.event, &msg.payload, msg.position.as_ref());
     }
 }

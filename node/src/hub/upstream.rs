@@ -11,7 +11,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use switchboard_core::{Payload, Topic};
 
-use crate::messages::{UpstreamEdge, UpstreamPublish, UpstreamRead, UpstreamWait};
+use crate::messages::{
+    UpstreamEdge, UpstreamPresence, UpstreamPublish, UpstreamRead, UpstreamWait,
+};
 
 /// Measures a message as the bridge would send it (its envelope included), in bytes.
 pub type Measure = Arc<dyn Fn(&Topic, &str, &Payload) -> usize + Send + Sync>;
@@ -88,6 +90,8 @@ pub struct Upstream {
     pub publish: Recipient<UpstreamPublish>,
     /// Where history reads go.
     pub read: Recipient<UpstreamRead>,
+    /// Where presence operations go.
+    pub presence: Recipient<UpstreamPresence>,
 }
 
 impl Upstream {
@@ -99,7 +103,8 @@ impl Upstream {
             + Handler<UpstreamEdge>
             + Handler<UpstreamWait>
             + Handler<UpstreamPublish>
-            + Handler<UpstreamRead>,
+            + Handler<UpstreamRead>
+            + Handler<UpstreamPresence>,
     {
         Self {
             backend,
@@ -109,6 +114,7 @@ impl Upstream {
             wait: bridge.clone().recipient(),
             publish: bridge.clone().recipient(),
             read: bridge.clone().recipient(),
+            presence: bridge.clone().recipient(),
         }
     }
 

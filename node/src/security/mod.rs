@@ -122,6 +122,12 @@ impl Security {
             .map(|user| Identity { user: Some(user) })
     }
 
+    /// Whether the node runs open (no token secret): clients name themselves.
+    #[must_use]
+    pub const fn is_open(&self) -> bool {
+        self.secret.is_none()
+    }
+
     /// Whether a WebSocket from `origin` may connect. No `Origin` header means no browser,
     /// and is allowed; with no allow-list every origin is.
     #[must_use]

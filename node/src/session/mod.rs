@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use switchboard_core::connection::{
-    reasons, Connection, JoinAnswer, JoinRefusal, Limits, Output, PublishAnswer, Refusal,
+    reasons, Connection, JoinAnswer, JoinRefusal, Output, PublishAnswer, Refusal,
 };
-use switchboard_core::{ChannelRules, SessionId, Time};
+use switchboard_core::{SessionId, Time};
 use tracing::debug;
 
 use crate::connections::ConnectionSlot;
 use crate::hub::outbox::{FrameQueue, Leaving, Outbox};
+use crate::hub::presence::UpdatePresence;
 use crate::hub::{Connect, Disconnect, Hub, Publish, PushPublish, Subscribe, Unsubscribe};
 use crate::messages::{CloseSession, Flush, PushAnswered};
 use crate::metrics::{self, Metrics};
@@ -51,15 +52,13 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    /// A session that will register with `hub`, for a socket of `user` (the token's `sub`),
-    /// queueing at most `send_buffer_bytes` of deliveries.
+    /// A session that will register with `hub`, driving `engine` (a connection created at
+    /// [`Time::ZERO`]: the session's clock starts now), queueing at most `send_buffer_bytes`
+    /// of deliveries.
     #[must_use]
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         hub: Addr<Hub>,
-        limits: Arc<Limits>,
-        rules: Arc<ChannelRules>,
-        user: Option<String>,
+        engine: Connection,
         send_buffer_bytes: usize,
         metrics: Arc<Metrics>,
         slot: ConnectionSlot,
@@ -67,7 +66,7 @@ impl WsSession {
         Self {
             id: None,
             hub,
-            engine: Connection::new(limits, rules, user, Time::ZERO),
+            engine,
             epoch: Instant::now(),
             queue: Arc::new(FrameQueue::new(send_buffer_bytes)),
             metrics,
@@ -96,7 +95,12 @@ impl WsSession {
                     metrics::add(&self.metrics.frames_out, 1);
                     ctx.text(text);
                 }
-                Output::Join { topic, join, since } => {
+                Output::Join {
+                    topic,
+                    join,
+                    since,
+                    presence,
+                } => {
                     let Some(session) = self.id else {
                         let now = self.now();
                         let answer = JoinAnswer::Refused(JoinRefusal::Unavailable);
@@ -107,16 +111,24 @@ impl WsSession {
                         session,
                         topic: topic.clone(),
                         since,
+                        presence,
                     };
                     ctx.spawn(self.hub.send(subscribe).into_actor(self).map(
-                        move |answer, act, ctx| {
-                            let answer =
-                                answer.unwrap_or(JoinAnswer::Refused(JoinRefusal::Unavailable));
-                            // The hub held the queue while it queued what the join recovers:
-                            // the reply goes first, then everything queued.
-                            let held = matches!(answer, JoinAnswer::JoinedAt { .. });
+                        move |joined, act, ctx| {
+                            let (answer, held, state) = match joined {
+                                Ok(joined) => (joined.answer, joined.held, joined.presence_state),
+                                Err(_) => {
+                                    (JoinAnswer::Refused(JoinRefusal::Unavailable), false, None)
+                                }
+                            };
+                            // The hub held the queue while it queued what the join recovers
+                            // (and the presence diffs after the list): the reply goes first,
+                            // then the list, then everything queued.
                             let now = act.now();
                             act.engine.handle_join_answer(&topic, join, answer, now);
+                            if let Some(state) = state {
+                                act.engine.handle_presence_state(&topic, &state);
+                            }
                             act.drive(ctx);
                             if held && act.queue.release() {
                                 act.flush(ctx);
@@ -154,6 +166,18 @@ impl WsSession {
                             metrics::add(&self.metrics.protocol_errors, 1);
                         }
                     }
+                }
+                Output::PresenceUpdate { topic, meta, ack } => {
+                    let Some(session) = self.id else {
+                        continue;
+                    };
+                    let reply = ack.map(|ack| (ctx.address().recipient(), ack));
+                    self.hub.do_send(UpdatePresence {
+                        session,
+                        topic,
+                        meta,
+                        reply,
+                    });
                 }
                 Output::Close { code, reason } => {
                     transport::close(ctx, code, &reason);

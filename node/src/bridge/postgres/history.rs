@@ -22,8 +22,8 @@ fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The statements that create (or update) the history tables and functions, run in one
-/// transaction under an advisory lock so nodes starting together do not collide.
+/// The statements that create (or update) the history tables and functions. They use
+/// `switchboard_channel`, and run after it in the [one install transaction](super::install_sql).
 #[must_use]
 pub fn install_sql(prefix: &str, rules: &HistoryRules) -> String {
     let mut rows = String::new();
@@ -60,8 +60,6 @@ pub const CLEANUP_SQL: &str = "DELETE FROM switchboard_history h USING switchboa
     WHERE h.channel = s.channel AND s.touched < now() - (SELECT ttl FROM switchboard_retention(s.topic))";
 
 const TEMPLATE: &str = r#"
-BEGIN;
-SELECT pg_advisory_xact_lock(7469636803);
 CREATE TABLE IF NOT EXISTS switchboard_streams (
   channel text PRIMARY KEY,
   topic text NOT NULL,
@@ -76,15 +74,6 @@ CREATE TABLE IF NOT EXISTS switchboard_history (
   payload jsonb NOT NULL,
   PRIMARY KEY (channel, "offset")
 );
-CREATE OR REPLACE FUNCTION switchboard_channel(name text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT AS $f$
-  SELECT CASE
-    WHEN octet_length(name) <= 63 AND name !~ '~[0-9a-f]{32}$' THEN name
-    ELSE (SELECT left(name, n) FROM generate_series(30, 0, -1) AS n
-          WHERE octet_length(left(name, n)) <= 30 LIMIT 1)
-         || '~' || left(encode(sha256(convert_to(name, 'UTF8')), 'hex'), 32)
-  END
-$f$;
 CREATE OR REPLACE FUNCTION switchboard_retention(topic text, OUT size bigint, OUT ttl interval)
 LANGUAGE sql STABLE AS $f$
   SELECT size, ttl FROM (
@@ -176,7 +165,6 @@ BEGIN
     'earliest', earliest, 'entries', coalesce(entries, '[]'::json));
 END
 $f$;
-COMMIT;
 "#;
 
 #[derive(serde::Deserialize)]

@@ -12,14 +12,21 @@
 //!
 //! When a namespace keeps history the node installs its [tables and functions](history) on
 //! every connect, publishes those topics' messages with `SELECT switchboard_publish(...)` (in
-//! the same pipeline, so the order holds) and reads them with `switchboard_history`.
+//! the same pipeline, so the order holds) and reads them with `switchboard_history`. When a
+//! namespace tracks presence ([`PostgresBackend::with_presence`]) it installs the
+//! [presence tables and functions](presence) too, and performs every presence operation as one
+//! prepared `SELECT switchboard_presence_*(...)` on the publishing connection. Both installs
+//! share `switchboard_channel` ([`CHANNEL_SQL`]) and run as one transaction
+//! ([`install_sql`]).
 //!
 //! # Layout
 //! - [`channel`]: topic → channel names (PostgreSQL's 63-byte identifier limit).
 //! - [`history`]: the SQL installed for history.
+//! - [`presence`]: the SQL installed for presence, its calls and its results.
 
 pub mod channel;
 pub mod history;
+pub mod presence;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,14 +35,16 @@ use futures_util::future::{self, join_all, LocalBoxFuture};
 use futures_util::{FutureExt as _, StreamExt as _};
 use switchboard_core::bridge::{EdgeOp, RequestError};
 use switchboard_core::history::recovery::HistoryRead;
-use switchboard_core::history::{HistoryRules, Position};
+use switchboard_core::history::HistoryRules;
 use switchboard_core::Topic;
 use tokio::sync::oneshot;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Socket, Statement};
 use tracing::debug;
 
-use super::backend::{Backend, Connected, Inbox, Outgoing, Received};
+use super::backend::{
+    Backend, Connected, Inbox, Outgoing, PresenceOp, PresenceReply, PublishResults, Received,
+};
 use channel::{channel_name, quote_ident};
 
 /// The largest `pg_notify` payload: PostgreSQL requires it to be shorter than 8000 bytes.
@@ -55,6 +64,8 @@ pub struct PgLink {
     notify: Statement,
     /// `switchboard_publish` and `switchboard_history`, when history is installed.
     history: Option<(Statement, Statement)>,
+    /// The `switchboard_presence_*` calls, when presence is installed.
+    presence: Option<presence::Statements>,
 }
 
 /// The PostgreSQL adapter.
@@ -62,8 +73,42 @@ pub struct PgLink {
 pub struct PostgresBackend {
     config: tokio_postgres::Config,
     prefix: Arc<str>,
-    /// The SQL to install on connect, when a namespace keeps history.
-    install: Option<Arc<str>>,
+    /// The history SQL to install on connect, when a namespace keeps history.
+    history: Option<Arc<str>>,
+    /// Whether to install presence on connect (a namespace tracks presence).
+    presence: bool,
+}
+
+/// `switchboard_channel(name)`: [`channel_name`] in SQL, which the history and presence
+/// functions use (and applications may too, see docs/postgres.md). Installed whenever either
+/// is.
+pub const CHANNEL_SQL: &str = r"
+CREATE OR REPLACE FUNCTION switchboard_channel(name text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS $f$
+  SELECT CASE
+    WHEN octet_length(name) <= 63 AND name !~ '~[0-9a-f]{32}$' THEN name
+    ELSE (SELECT left(name, n) FROM generate_series(30, 0, -1) AS n
+          WHERE octet_length(left(name, n)) <= 30 LIMIT 1)
+         || '~' || left(encode(sha256(convert_to(name, 'UTF8')), 'hex'), 32)
+  END
+$f$;
+";
+
+/// What the node installs on connect: [`CHANNEL_SQL`], then `history` and `presence` (each
+/// when given), as one transaction under an advisory lock so nodes starting together do not
+/// collide; `None` when there is neither.
+#[must_use]
+pub fn install_sql(history: Option<&str>, presence: Option<&str>) -> Option<String> {
+    if history.is_none() && presence.is_none() {
+        return None;
+    }
+    let mut sql = String::from("BEGIN;\nSELECT pg_advisory_xact_lock(7469636803);\n");
+    sql.push_str(CHANNEL_SQL);
+    for part in [history, presence].into_iter().flatten() {
+        sql.push_str(part);
+    }
+    sql.push_str("COMMIT;\n");
+    Some(sql)
 }
 
 /// Parses a `--database-url`: a `postgres://` / `postgresql://` URL or a `key=value`
@@ -93,8 +138,31 @@ impl PostgresBackend {
         Ok(Self {
             config: parse_url(url)?,
             prefix: prefix.into(),
-            install: (!rules.is_empty()).then(|| history::install_sql(prefix, rules).into()),
+            history: (!rules.is_empty()).then(|| history::install_sql(prefix, rules).into()),
+            presence: false,
         })
+    }
+
+    /// The same adapter, installing the [presence tables and functions](presence) on every
+    /// connect (call it when a namespace tracks presence).
+    #[must_use]
+    pub fn with_presence(self) -> Self {
+        Self {
+            presence: true,
+            ..self
+        }
+    }
+
+    /// What to install on connect, and what it is for (for the error message).
+    fn install(&self) -> Option<(String, &'static str)> {
+        let presence = self.presence.then(|| presence::install_sql(&self.prefix));
+        let sql = install_sql(self.history.as_deref(), presence.as_deref())?;
+        let what = match (self.history.is_some(), self.presence) {
+            (true, true) => "history and presence",
+            (true, false) => "history",
+            _ => "presence",
+        };
+        Some((sql, what))
     }
 }
 
@@ -170,7 +238,9 @@ impl Backend for PostgresBackend {
         inbox: Inbox,
     ) -> LocalBoxFuture<'static, Result<Connected<Rc<PgLink>>, String>> {
         let config = self.config.clone();
-        let install = self.install.clone();
+        let install = self.install();
+        let with_history = self.history.is_some();
+        let with_presence = self.presence;
         async move {
             let fail = |err: tokio_postgres::Error| err.to_string();
             let (publisher, connection) = config.connect(NoTls).await.map_err(fail)?;
@@ -180,19 +250,29 @@ impl Backend for PostgresBackend {
                 .await
                 .map_err(fail)?;
             let notify = publisher.prepare(NOTIFY_SQL).await.map_err(fail)?;
-            let history = match install {
-                Some(sql) => {
-                    publisher.batch_execute(&sql[..]).await.map_err(|err| {
-                        format!(
-                            "cannot install the switchboard history tables and functions \
-                             (the database user needs CREATE on its schema): {err}"
-                        )
-                    })?;
-                    let record = publisher.prepare(RECORD_SQL).await.map_err(fail)?;
-                    let read = publisher.prepare(HISTORY_SQL).await.map_err(fail)?;
-                    Some((record, read))
-                }
-                None => None,
+            if let Some((sql, what)) = install {
+                publisher.batch_execute(&sql).await.map_err(|err| {
+                    format!(
+                        "cannot install the switchboard {what} tables and functions \
+                         (the database user needs CREATE on its schema): {err}"
+                    )
+                })?;
+            }
+            let history = if with_history {
+                let record = publisher.prepare(RECORD_SQL).await.map_err(fail)?;
+                let read = publisher.prepare(HISTORY_SQL).await.map_err(fail)?;
+                Some((record, read))
+            } else {
+                None
+            };
+            let presence = if with_presence {
+                Some(
+                    presence::Statements::prepare(&publisher)
+                        .await
+                        .map_err(fail)?,
+                )
+            } else {
+                None
             };
             let own_pid: i32 = publisher
                 .query_one("SELECT pg_backend_pid()", &[])
@@ -219,6 +299,7 @@ impl Backend for PostgresBackend {
                     publisher,
                     notify,
                     history,
+                    presence,
                 }),
                 closed,
             })
@@ -246,7 +327,7 @@ impl Backend for PostgresBackend {
         &self,
         link: &Rc<PgLink>,
         messages: Vec<Outgoing>,
-    ) -> LocalBoxFuture<'static, Result<Vec<Result<Option<Position>, String>>, String>> {
+    ) -> LocalBoxFuture<'static, PublishResults> {
         let link = Rc::clone(link);
         async move {
             // join_all polls the futures in order the first time, which is when each sends
@@ -319,6 +400,21 @@ impl Backend for PostgresBackend {
         .boxed_local()
     }
 
+    fn presence(
+        &self,
+        link: &Rc<PgLink>,
+        op: PresenceOp,
+    ) -> LocalBoxFuture<'static, Result<PresenceReply, RequestError>> {
+        let link = Rc::clone(link);
+        async move {
+            let Some(statements) = &link.presence else {
+                return Err(RequestError::Refused("presence is not installed".into()));
+            };
+            presence::perform(&link.publisher, statements, &op).await
+        }
+        .boxed_local()
+    }
+
     fn ping(&self, link: &Rc<PgLink>) -> LocalBoxFuture<'static, Result<(), String>> {
         let link = Rc::clone(link);
         async move {
@@ -381,6 +477,23 @@ mod tests {
             listen_sql(EdgeOp::Unsubscribe, &channels[..1]),
             r#"UNLISTEN "room:1";"#
         );
+    }
+
+    #[test]
+    fn one_install_declares_the_channel_function_once() {
+        let rules = HistoryRules::none();
+        let plain = PostgresBackend::new("postgres://sb@127.0.0.1:1/app", "p:", &rules).unwrap();
+        assert!(plain.install().is_none(), "nothing to install");
+        let (sql, what) = plain.with_presence().install().unwrap();
+        assert_eq!(what, "presence");
+        assert!(sql.starts_with("BEGIN;\nSELECT pg_advisory_xact_lock(7469636803);"));
+        assert!(sql.ends_with("COMMIT;\n"));
+        assert_eq!(sql.matches("FUNCTION switchboard_channel(").count(), 1);
+        assert!(sql.contains("name text := 'p:' || '__presence:' || topic;"));
+        let both = install_sql(Some("-- history\n"), Some("-- presence\n")).unwrap();
+        assert_eq!(both.matches("FUNCTION switchboard_channel(").count(), 1);
+        assert!(both.find("switchboard_channel(").unwrap() < both.find("-- history").unwrap());
+        assert!(both.find("-- history").unwrap() < both.find("-- presence").unwrap());
     }
 
     #[test]

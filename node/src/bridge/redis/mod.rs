@@ -12,10 +12,16 @@
 //! messages with `FCALL switchboard_publish` (in the same pipeline, so the order holds) and
 //! reads their streams with `FCALL switchboard_history`.
 //!
+//! When a namespace tracks presence ([`RedisBackend::with_presence`]) it loads the
+//! [presence library](presence) too, and performs every presence operation as one `FCALL` of
+//! it on the publishing connection.
+//!
 //! # Layout
-//! - [`functions`]: the Lua library.
+//! - [`functions`]: the Lua library for history.
+//! - [`presence`]: the Lua library for presence, its calls and its replies.
 
 pub mod functions;
+pub mod presence;
 
 use std::sync::Arc;
 
@@ -28,7 +34,9 @@ use switchboard_core::history::recovery::{HistoryRead, Publication};
 use switchboard_core::history::{Epoch, HistoryRules, Position};
 use switchboard_core::{Payload, Topic};
 
-use super::backend::{Backend, Connected, Inbox, Outgoing, Received};
+use super::backend::{
+    Backend, Connected, Inbox, Outgoing, PresenceOp, PresenceReply, PublishResults, Received,
+};
 use crate::config::EnvelopeFormat;
 
 /// The connections of one generation.
@@ -45,6 +53,8 @@ pub struct RedisBackend {
     prefix: Arc<str>,
     /// The function library to load on connect, when a namespace keeps history.
     library: Option<Arc<str>>,
+    /// The presence library to load on connect, when a namespace tracks presence.
+    presence_library: Option<Arc<str>>,
 }
 
 impl RedisBackend {
@@ -63,8 +73,36 @@ impl RedisBackend {
             client: redis::Client::open(url)?,
             prefix: prefix.into(),
             library: (!rules.is_empty()).then(|| functions::library(prefix, format, rules).into()),
+            presence_library: None,
         })
     }
+
+    /// The same adapter, loading the [presence library](presence) on every connect (call it
+    /// when a namespace tracks presence).
+    #[must_use]
+    pub fn with_presence(self) -> Self {
+        Self {
+            presence_library: Some(presence::library(&self.prefix).into()),
+            ..self
+        }
+    }
+}
+
+/// Loads `library` (`FUNCTION LOAD REPLACE`); the error says which feature needs it.
+async fn load_library(
+    publisher: &MultiplexedConnection,
+    library: &str,
+    what: &str,
+) -> Result<(), String> {
+    let mut publisher = publisher.clone();
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(library)
+        .query_async::<String>(&mut publisher)
+        .await
+        .map(drop)
+        .map_err(|e| format!("cannot load the switchboard {what} (Redis 7 or later): {e}"))
 }
 
 /// The position in a `switchboard_publish` reply (`[offset, epoch]`; offset 0: no history).
@@ -171,6 +209,7 @@ impl Backend for RedisBackend {
     ) -> LocalBoxFuture<'static, Result<Connected<RedisLink>, String>> {
         let client = self.client.clone();
         let library = self.library.clone();
+        let presence_library = self.presence_library.clone();
         async move {
             let pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
             let config = AsyncConnectionConfig::new()
@@ -181,19 +220,20 @@ impl Backend for RedisBackend {
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(library) = library {
-                let mut publisher = publisher.clone();
-                redis::cmd("FUNCTION")
-                    .arg("LOAD")
-                    .arg("REPLACE")
-                    .arg(library.as_ref())
-                    .query_async::<String>(&mut publisher)
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "cannot load the switchboard function library, which history needs \
-                             (Redis 7 or later): {e}"
-                        )
-                    })?;
+                load_library(
+                    &publisher,
+                    &library,
+                    "function library, which history needs",
+                )
+                .await?;
+            }
+            if let Some(library) = presence_library {
+                load_library(
+                    &publisher,
+                    &library,
+                    "presence library, which presence needs",
+                )
+                .await?;
             }
             let (sink, mut stream) = pubsub.split();
             let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
@@ -244,7 +284,7 @@ impl Backend for RedisBackend {
         &self,
         link: &RedisLink,
         messages: Vec<Outgoing>,
-    ) -> LocalBoxFuture<'static, Result<Vec<Result<Option<Position>, String>>, String>> {
+    ) -> LocalBoxFuture<'static, PublishResults> {
         let mut publisher = link.publisher.clone();
         async move {
             let mut pipe = redis::pipe();
@@ -309,6 +349,23 @@ impl Backend for RedisBackend {
         .boxed_local()
     }
 
+    fn presence(
+        &self,
+        link: &RedisLink,
+        op: PresenceOp,
+    ) -> LocalBoxFuture<'static, Result<PresenceReply, RequestError>> {
+        let mut publisher = link.publisher.clone();
+        async move {
+            let command = presence::command(&op).map_err(RequestError::Refused)?;
+            let reply: redis::Value = command
+                .query_async(&mut publisher)
+                .await
+                .map_err(|err| classify(&err))?;
+            presence::reply(&op, &reply).map_err(RequestError::Failed)
+        }
+        .boxed_local()
+    }
+
     fn ping(&self, link: &RedisLink) -> LocalBoxFuture<'static, Result<(), String>> {
         let mut sink = link.sink.clone();
         let mut publisher = link.publisher.clone();
@@ -345,6 +402,15 @@ mod tests {
         .unwrap();
         assert_eq!(backend.channel(&Topic::new("room:1").unwrap()), "sb:room:1");
         assert!(backend.library.is_none(), "no history, no library");
+        assert!(
+            backend.presence_library.is_none(),
+            "no presence, no library"
+        );
+        let backend = backend.with_presence();
+        assert!(backend
+            .presence_library
+            .as_deref()
+            .is_some_and(|text| text.contains(r#"local PREFIX = "sb:""#)));
         assert!(RedisBackend::new("http://nope", "", EnvelopeFormat::Switchboard, &rules).is_err());
     }
 
