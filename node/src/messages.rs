@@ -148,3 +148,12 @@ pub struct PresenceChanged {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct PresenceResync;
+
+/// Bridge → hub: a presence heartbeat's answer: how many entries the backend holds for this
+/// node.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PresenceHeld {
+    /// The backend's count.
+    pub held: u64,
+}

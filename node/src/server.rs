@@ -22,11 +22,11 @@ use tracing::{info, warn};
 use crate::bridge::envelope::Format;
 use crate::bridge::postgres::{self, PostgresBackend};
 use crate::bridge::redis::RedisBackend;
-use crate::bridge::{Backend as Adapter, BridgeActor};
+use crate::bridge::{Backend as Adapter, BridgeActor, PresenceLink};
 use crate::config::{Backend, Config};
 use crate::connections::{self, automatic_limit, raise_open_file_limit, ConnectionSlots};
 use crate::http::{self, AppState};
-use crate::hub::presence::LeavePresence;
+use crate::hub::presence::{self, LeavePresence};
 use crate::hub::upstream::{MessageLimit, Upstream};
 use crate::hub::{CloseAll, Hub};
 use crate::messages::Drain;
@@ -263,16 +263,20 @@ fn start_bridged<B: Adapter + Send>(
     let node = origin.to_owned();
     let hub = Hub::create(|ctx| {
         let incoming = ctx.address().recipient();
-        let changed = ctx.address().recipient();
-        let resync = ctx.address().recipient();
         let bridge_metrics = metrics.clone();
-        let presence_on = !presence.is_empty();
+        let link = (!presence.is_empty()).then(|| PresenceLink {
+            changed: ctx.address().recipient(),
+            up: ctx.address().recipient(),
+            held: ctx.address().recipient(),
+            node: node.clone(),
+            every: presence::heartbeat_every(presence_ttl),
+            liveness: presence::liveness(presence_ttl),
+        });
         let bridge = BridgeActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
             let bridge = BridgeActor::new(adapter, bridge_config, format, incoming, bridge_metrics);
-            if presence_on {
-                bridge.with_presence(changed, resync)
-            } else {
-                bridge
+            match link {
+                Some(link) => bridge.with_presence(link),
+                None => bridge,
             }
         });
         drain = Some(bridge.clone().recipient());

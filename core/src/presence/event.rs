@@ -76,6 +76,11 @@ impl Change {
                 let meta = wire.meta.ok_or_else(|| missing("meta"))?;
                 let meta = Meta::parse(meta.get(), "meta")
                     .map_err(|err| InvalidChange(err.to_string()))?;
+                if wire.prev.as_ref() == Some(&phx_ref) {
+                    return Err(InvalidChange(
+                        "a join's prev names the member itself".into(),
+                    ));
+                }
                 Ok(Self::Join {
                     phx_ref,
                     member: Member {

@@ -6,6 +6,8 @@
 //! let clients join at random moments, hand them what the node would send, and check that
 //! every client's list is the table's after every diff.
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 
 /// A client's list: `{key: {"metas": [...]}}`.
@@ -258,27 +260,30 @@ fn plain_state(plain: &Plain) -> State {
     normalized(&state)
 }
 
-/// What a change does to the plain model (the table's documented semantics, written plainly).
-fn plain_apply(plain: &mut Plain, change: super::event::Change) {
+/// What a change does to the plain model (the table's documented semantics, written plainly):
+/// `gone` holds the refs that are over (left or replaced).
+fn plain_apply(plain: &mut Plain, gone: &mut HashSet<String>, change: super::event::Change) {
     use super::event::Change;
     match change {
         Change::Join { phx_ref, member } => {
-            if plain.contains_key(&phx_ref) {
+            if gone.contains(&phx_ref) {
                 return;
             }
-            if let Some(prev) = &member.prev {
+            if let Some(prev) = member.prev.as_ref().filter(|prev| **prev != phx_ref) {
+                gone.insert(prev.clone());
                 plain.remove(prev);
             }
-            plain.insert(
-                phx_ref,
-                super::Member {
-                    prev: None,
-                    ..member
-                },
-            );
+            if gone.contains(&phx_ref) {
+                return;
+            }
+            plain.entry(phx_ref).or_insert(super::Member {
+                prev: None,
+                ..member
+            });
         }
         Change::Leave { phx_ref } => {
             plain.remove(&phx_ref);
+            gone.insert(phx_ref);
         }
         Change::NodeDown { node } => plain.retain(|_, member| member.node != node),
     }
@@ -293,6 +298,7 @@ fn plain_apply(plain: &mut Plain, change: super::event::Change) {
 pub fn check(ops: &[Op]) -> Result<(), String> {
     let mut table = super::TopicPresence::new();
     let mut plain = Plain::new();
+    let mut gone = HashSet::new();
     let mut clients: Vec<Client> = Vec::new();
     let mut next = 0u32;
     for (step, op) in ops.iter().enumerate() {
@@ -305,11 +311,13 @@ pub fn check(ops: &[Op]) -> Result<(), String> {
                 // Announcements may have used the ref already: tracking it again is a no-op.
                 let phx_ref = new_ref();
                 let member = model_member(*key, *meta, *node);
-                let known = plain.contains_key(&phx_ref);
+                let known = plain.contains_key(&phx_ref) || gone.contains(&phx_ref);
                 if table.track(phx_ref.clone(), member.clone()) == known {
                     return Err(format!("step {step}: track of {phx_ref} said {known}"));
                 }
-                plain.entry(phx_ref).or_insert(member);
+                if !known {
+                    plain.insert(phx_ref, member);
+                }
             }
             Op::Untrack { pick } => {
                 let phx_ref = plain
@@ -318,6 +326,7 @@ pub fn check(ops: &[Op]) -> Result<(), String> {
                     .cloned()
                     .unwrap_or_else(|| "absent".into());
                 let was = plain.remove(&phx_ref).is_some();
+                gone.insert(phx_ref.clone());
                 if table.untrack(&phx_ref) != was {
                     return Err(format!("step {step}: untrack of {phx_ref} said {}", !was));
                 }
@@ -339,6 +348,7 @@ pub fn check(ops: &[Op]) -> Result<(), String> {
                 let _ = table.track(phx_ref.clone(), updated.clone());
                 plain_apply(
                     &mut plain,
+                    &mut gone,
                     super::event::Change::Join {
                         phx_ref,
                         member: updated,
@@ -364,10 +374,13 @@ pub fn check(ops: &[Op]) -> Result<(), String> {
                     snapshot.push((new_ref(), model_member(*key, 0, *node)));
                 }
                 table.resync(snapshot.clone());
-                // A snapshot lists each ref once; a ref it repeats keeps its first entry.
+                // A snapshot lists each ref once; a ref it repeats keeps its first entry; a
+                // ref that is over stays out.
                 let mut resynced = Plain::new();
                 for (phx_ref, member) in snapshot {
-                    resynced.entry(phx_ref).or_insert(member);
+                    if !gone.contains(&phx_ref) {
+                        resynced.entry(phx_ref).or_insert(member);
+                    }
                 }
                 plain = resynced;
             }
@@ -394,7 +407,7 @@ pub fn check(ops: &[Op]) -> Result<(), String> {
             }
             Op::Announce(bytes) => {
                 if let Ok(change) = super::event::Change::parse(bytes) {
-                    plain_apply(&mut plain, change.clone());
+                    plain_apply(&mut plain, &mut gone, change.clone());
                     change.apply(&mut table);
                 }
             }

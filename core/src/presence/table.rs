@@ -11,12 +11,18 @@
 //!
 //! Every change is idempotent per `phx_ref`: tracking a known ref or untracking an unknown one
 //! changes nothing, so the same change arriving twice (from this node directly and back
-//! through the backend) or replayed after a snapshot is harmless. A ref can come back after
-//! leaving (a node declared gone that writes its members again): its join then cancels its
-//! pending leave, because phoenix.js applies a diff's joins before its leaves, and a diff
-//! carries each ref's latest join only.
+//! through the backend, in either order) or replayed after a snapshot is harmless. A ref that
+//! left, or that an update replaced, is over: a late announcement of its join (it can arrive
+//! after the leave this node applied itself) is ignored ([`MAX_GONE`] such refs are
+//! remembered per topic). A ref whose node was declared gone can come back (the node writes
+//! its members again): its join then cancels its pending leave, because phoenix.js applies a
+//! diff's joins before its leaves, and a diff carries each ref's latest join only.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Refs that left or were replaced, remembered per topic so a late join cannot bring them
+/// back; the oldest are forgotten past this.
+pub const MAX_GONE: usize = 4096;
 
 /// Changes waiting for the next diff, per (key, ref), with the order they happened in.
 type Pending = HashMap<(String, String), (u64, Member)>;
@@ -47,6 +53,9 @@ pub struct TopicPresence {
     by_key: BTreeMap<String, Vec<String>>,
     joins: Pending,
     leaves: Pending,
+    /// Refs that are over, oldest first (and as a set).
+    gone: VecDeque<String>,
+    gone_set: HashSet<String>,
     /// Orders pending changes.
     seq: u64,
     state: Option<Payload>,
@@ -101,11 +110,16 @@ impl TopicPresence {
     /// Adds `member` as `phx_ref` (an update, when `member.prev` names a member, also removes
     /// that one); whether anything changed.
     pub fn track(&mut self, phx_ref: String, member: Member) -> bool {
-        if self.members.contains_key(&phx_ref) {
+        if self.gone_set.contains(&phx_ref) {
             return false;
         }
-        if let Some(prev) = member.prev.clone() {
-            self.untrack(&prev);
+        // An update replaces `prev` for good, whichever of its announcements comes first.
+        let replaced = member
+            .prev
+            .as_deref()
+            .is_some_and(|prev| prev != phx_ref && self.untrack(prev));
+        if self.members.contains_key(&phx_ref) {
+            return replaced;
         }
         self.by_key
             .entry(member.key.clone())
@@ -122,8 +136,22 @@ impl TopicPresence {
         true
     }
 
-    /// Removes the member `phx_ref`; whether it was one.
+    /// Removes the member `phx_ref` for good (it left, or an update replaced it); whether it
+    /// was one.
     pub fn untrack(&mut self, phx_ref: &str) -> bool {
+        if self.gone_set.insert(phx_ref.to_owned()) {
+            self.gone.push_back(phx_ref.to_owned());
+            if self.gone.len() > MAX_GONE {
+                if let Some(oldest) = self.gone.pop_front() {
+                    self.gone_set.remove(&oldest);
+                }
+            }
+        }
+        self.remove(phx_ref)
+    }
+
+    /// Removes the member `phx_ref` (it may come back); whether it was one.
+    fn remove(&mut self, phx_ref: &str) -> bool {
         let Some(member) = self.members.remove(phx_ref) else {
             return false;
         };
@@ -149,16 +177,17 @@ impl TopicPresence {
             .map(|(phx_ref, _)| phx_ref.clone())
             .collect();
         for phx_ref in &refs {
-            self.untrack(phx_ref);
+            self.remove(phx_ref);
         }
         refs.len()
     }
 
     /// Makes the members exactly `snapshot` (the backend's list, read after a reconnect):
     /// members it lacks leave, members it adds join, members it shows otherwise are replaced,
-    /// members in both stay untouched. A ref it lists twice keeps its first entry.
+    /// members in both stay untouched. A ref it lists twice keeps its first entry; a ref that
+    /// is over (it left, or was replaced) stays out.
     pub fn resync(&mut self, snapshot: Vec<(String, Member)>) {
-        let keep: std::collections::HashSet<&str> = snapshot
+        let keep: HashSet<&str> = snapshot
             .iter()
             .map(|(phx_ref, _)| phx_ref.as_str())
             .collect();
@@ -169,9 +198,9 @@ impl TopicPresence {
             .cloned()
             .collect();
         for phx_ref in &gone {
-            self.untrack(phx_ref);
+            self.remove(phx_ref);
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for (phx_ref, member) in snapshot {
             if !seen.insert(phx_ref.clone()) {
                 continue;
@@ -185,7 +214,7 @@ impl TopicPresence {
                 known.key != member.key || known.meta != member.meta || known.node != member.node
             });
             if differs {
-                self.untrack(&phx_ref);
+                self.remove(&phx_ref);
             }
             self.track(phx_ref, member);
         }
@@ -399,15 +428,48 @@ mod tests {
             value(&table.take_diff().unwrap()),
             json!({"joins": {"ada": {"metas": [{"phx_ref": "a", "s": 2}]}}, "leaves": {}})
         );
-        // Joined, left and joined again within one window: the latest join only.
-        table.untrack("a");
+        // Written back, declared gone and written back again within one window: the latest
+        // join only.
+        table.untrack_node("n1");
         table.track("a".into(), member("ada", r#"{"s":3}"#, "n1"));
-        table.untrack("a");
+        table.untrack_node("n1");
         table.track("a".into(), member("ada", r#"{"s":4}"#, "n1"));
         assert_eq!(
             value(&table.take_diff().unwrap()),
             json!({"joins": {"ada": {"metas": [{"phx_ref": "a", "s": 4}]}}, "leaves": {}})
         );
+    }
+
+    #[test]
+    fn a_replaced_or_departed_ref_never_comes_back() {
+        // On a member's own node, an update's reply and the backend's announcements arrive in
+        // no fixed order: the reply for .13 (prev .12) may come before the announcement of
+        // .12 (prev .11), and .12 must not stay.
+        let mut table = TopicPresence::new();
+        let update = |r: &str, prev: &str| Member {
+            prev: Some(prev.into()),
+            ..member("ada", &format!(r#"{{"v":"{r}"}}"#), "n1")
+        };
+        table.track("11".into(), member("ada", "{}", "n1"));
+        assert!(table.track("13".into(), update("13", "12")));
+        assert!(
+            !table.track("12".into(), update("12", "11")),
+            "12 was replaced"
+        );
+        assert!(table.track("13".into(), update("13", "12")) || table.contains("13"));
+        // .11 is still there: only .12's own announcement replaces it, and it was ignored.
+        // The backend's order brings the leave of .11 with the update that replaced it.
+        table.untrack("11");
+        let refs: Vec<&str> = table.members().map(|(r, _)| r).collect();
+        assert_eq!(refs, ["13"]);
+        // A leave is final too, even when its join is announced afterwards.
+        assert!(table.untrack("13"));
+        assert!(!table.track("13".into(), member("ada", "{}", "n1")));
+        assert!(table.is_empty());
+        // A node declared gone may write its members again.
+        table.track("21".into(), member("bob", "{}", "n2"));
+        table.untrack_node("n2");
+        assert!(table.track("21".into(), member("bob", "{}", "n2")));
     }
 
     #[test]

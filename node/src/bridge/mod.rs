@@ -29,13 +29,14 @@ use actix::prelude::*;
 use switchboard_core::bridge::{
     Action, Bridge, BridgeConfig, EdgeOp, Generation, LinkStatus, PublishOutcome, WaitOutcome,
 };
+use switchboard_core::presence::ops::{PresenceOp, PresenceReply};
 use switchboard_core::presence::{self, event::Change};
 use switchboard_core::{Time, Topic};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::messages::{
-    Drain, Incoming, PresenceChanged, PresenceResync, UpstreamEdge, UpstreamPresence,
+    Drain, Incoming, PresenceChanged, PresenceHeld, PresenceResync, UpstreamEdge, UpstreamPresence,
     UpstreamPublish, UpstreamRead, UpstreamWait,
 };
 use crate::metrics::{self, Metrics};
@@ -115,17 +116,48 @@ impl<B: Backend> BridgeActor<B> {
         }
     }
 
-    /// The same bridge, handing presence changes announced on the backend to `changed` and
-    /// telling `up` whenever changes may have been missed (it connected and subscribed again,
-    /// or a change did not fit the hub's mailbox).
+    /// The same bridge doing presence's share (see [`PresenceLink`]).
     #[must_use]
-    pub fn with_presence(
-        mut self,
-        changed: Recipient<PresenceChanged>,
-        up: Recipient<PresenceResync>,
-    ) -> Self {
-        self.presence = Some(PresenceLink { changed, up });
+    pub fn with_presence(mut self, link: PresenceLink) -> Self {
+        self.presence = Some(link);
         self
+    }
+
+    /// Refreshes this node's presence liveness on the backend (reaping nodes whose liveness
+    /// lapsed) and tells the hub how many entries the backend holds for it. Driven by the
+    /// bridge's own timer, on its own thread, so a hub busy with a storm of joins cannot make
+    /// its node look dead.
+    fn presence_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Some(link) = &self.presence else {
+            return;
+        };
+        let generation = self.machine.generation();
+        let Some(live) = self
+            .machine
+            .is_up()
+            .then(|| self.live(generation))
+            .flatten()
+        else {
+            return;
+        };
+        let op = PresenceOp::Heartbeat {
+            node: link.node.clone(),
+            ttl: link.liveness,
+        };
+        let held = link.held.clone();
+        let timeout = self.read_timeout;
+        let request = self.backend.presence(&live, op);
+        self.run(
+            ctx,
+            async move { tokio::time::timeout(timeout, request).await },
+            move |act, result, _, _| match result {
+                Ok(Ok(PresenceReply::Held(count))) => held.do_send(PresenceHeld { held: count }),
+                other => {
+                    metrics::add(&act.metrics.presence_errors, 1);
+                    debug!(?other, "presence heartbeat failed");
+                }
+            },
+        );
     }
 
     fn now(&self) -> Time {
@@ -407,11 +439,25 @@ impl<B: Backend> BridgeActor<B> {
     }
 }
 
-/// The hub's presence recipients.
+/// What the bridge does for presence: hands the changes announced on the backend to
+/// `changed`, tells `up` whenever changes may have been missed (it connected and subscribed
+/// again, or a change did not fit the hub's mailbox), and keeps node `node` alive on the
+/// backend: a heartbeat every `every` counting it alive for `liveness`, each answered to
+/// `held`.
 #[derive(Debug)]
-struct PresenceLink {
-    changed: Recipient<PresenceChanged>,
-    up: Recipient<PresenceResync>,
+pub struct PresenceLink {
+    /// Where changes go.
+    pub changed: Recipient<PresenceChanged>,
+    /// Where "read every list again" goes.
+    pub up: Recipient<PresenceResync>,
+    /// Where each heartbeat's count goes.
+    pub held: Recipient<PresenceHeld>,
+    /// This node's id on the backend.
+    pub node: String,
+    /// How often to heartbeat.
+    pub every: std::time::Duration,
+    /// How long a heartbeat keeps the node alive.
+    pub liveness: std::time::Duration,
 }
 
 type MachineAction =
@@ -425,6 +471,9 @@ impl<B: Backend> Actor for BridgeActor<B> {
         let now = self.now();
         self.machine.handle_tick(now);
         self.perform(ctx);
+        if let Some(link) = &self.presence {
+            ctx.run_interval(link.every, |act, ctx| act.presence_heartbeat(ctx));
+        }
     }
 }
 

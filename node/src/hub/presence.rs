@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use super::outbox::Overflow;
 use super::{ready_step, Hub, Step};
 use crate::messages::{
-    PresenceChanged, PresenceResync, PushAnswered, UpstreamPresence, UpstreamWait,
+    PresenceChanged, PresenceHeld, PresenceResync, PushAnswered, UpstreamPresence, UpstreamWait,
 };
 use crate::metrics;
 
@@ -46,8 +46,22 @@ pub const FLUSH_TICK: Duration = Duration::from_millis(50);
 /// The shortest time between two diffs of one topic.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(250);
 
-/// Heartbeats per `--presence-ttl`.
+/// Heartbeats per `--presence-ttl` (the bridge sends them).
 pub const HEARTBEATS_PER_TTL: u32 = 5;
+
+/// How often a node heartbeats for `ttl`.
+#[must_use]
+pub fn heartbeat_every(ttl: Duration) -> Duration {
+    ttl / HEARTBEATS_PER_TTL
+}
+
+/// How long the backend counts a node alive after a heartbeat: three heartbeats, so two can be
+/// missed, and a node that stops is reaped (by another node's next heartbeat) within four
+/// fifths of the TTL.
+#[must_use]
+pub fn liveness(ttl: Duration) -> Duration {
+    ttl * 3 / HEARTBEATS_PER_TTL
+}
 
 /// Most changes kept for a topic while its list is read; past it the list is read again.
 pub const MAX_BUFFERED_CHANGES: usize = 10_000;
@@ -127,6 +141,9 @@ pub struct Presences {
     next_load: u64,
     topics: HashMap<Topic, Watched>,
     local: HashMap<String, Local>,
+    /// Members whose track (or update) the backend has not answered yet: a sync must not
+    /// delete them, nor bring back what an update in flight replaces.
+    in_flight: HashMap<String, (Topic, Member)>,
     by_session: HashMap<SessionId, HashMap<Topic, String>>,
     dirty: HashSet<Topic>,
     /// The backend may lack some of this node's members (or hold some it should not): write
@@ -145,6 +162,7 @@ impl Presences {
             next_load: 0,
             topics: HashMap::new(),
             local: HashMap::new(),
+            in_flight: HashMap::new(),
             by_session: HashMap::new(),
             dirty: HashSet::new(),
             unsynced: Arc::new(AtomicBool::new(false)),
@@ -446,13 +464,46 @@ impl Presences {
         (gone, watched)
     }
 
-    /// Every member this node's sockets hold: `(topic, phx_ref, member)`.
+    /// A track (or update) of member `phx_ref` of `topic` went to the backend.
+    pub fn begin_track(&mut self, phx_ref: &str, topic: &Topic, member: &Member) {
+        self.in_flight
+            .insert(phx_ref.to_owned(), (topic.clone(), member.clone()));
+    }
+
+    /// The backend answered the track of `phx_ref` (or it was abandoned).
+    pub fn end_track(&mut self, phx_ref: &str) {
+        self.in_flight.remove(phx_ref);
+    }
+
+    /// Tracks and updates the backend has not answered yet.
     #[must_use]
-    pub fn local_entries(&self) -> Vec<(Topic, String, Member)> {
-        self.local
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// What the backend should hold for this node, `(topic, phx_ref, member)`: every member
+    /// this node's sockets hold, and those whose track is on its way (a sync sent meanwhile
+    /// must not delete them), without those an update on its way replaces.
+    #[must_use]
+    pub fn sync_entries(&self) -> Vec<(Topic, String, Member)> {
+        let replaced: HashSet<&str> = self
+            .in_flight
+            .values()
+            .filter_map(|(_, member)| member.prev.as_deref())
+            .collect();
+        let local = self
+            .local
             .iter()
-            .map(|(phx_ref, local)| (local.topic.clone(), phx_ref.clone(), local.member.clone()))
-            .collect()
+            .filter(|(phx_ref, _)| !replaced.contains(phx_ref.as_str()))
+            .map(|(phx_ref, local)| (local.topic.clone(), phx_ref.clone(), local.member.clone()));
+        let on_their_way = self.in_flight.iter().map(|(phx_ref, (topic, member))| {
+            let member = Member {
+                prev: None,
+                ..member.clone()
+            };
+            (topic.clone(), phx_ref.clone(), member)
+        });
+        local.chain(on_their_way).collect()
     }
 
     /// How many members this node's sockets hold.
@@ -654,9 +705,15 @@ impl Hub {
             self.presence_gauges();
             return ready_step(Ok(()));
         };
+        self.presences.begin_track(&phx_ref, &topic, &member);
         Box::pin(answer.into_actor(self).map(move |answer, hub, _| {
+            hub.presences.end_track(&phx_ref);
             match answer {
-                Ok(Ok(PresenceReply::Full)) => return Err(JoinRefusal::PresenceFull { max }),
+                Ok(Ok(PresenceReply::Full)) => {
+                    // A sync sent meanwhile may have written it: make sure it is gone.
+                    hub.presence_untrack(topic, phx_ref);
+                    return Err(JoinRefusal::PresenceFull { max });
+                }
                 Ok(Ok(PresenceReply::Tracked)) => {}
                 other => {
                     // Out of reach: this node lists the member now and writes it to the
@@ -727,44 +784,13 @@ impl Hub {
         self.presence_gauges();
     }
 
-    /// Refreshes this node's liveness on the backend (reaping nodes that lost theirs), and
-    /// writes all its members when the backend may lack some.
-    fn presence_heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let node = self.presences.node().to_owned();
-        let ttl = self.liveness();
-        if self.presences.take_unsynced() {
-            self.presence_sync(ctx);
-            return;
-        }
-        let Some(answer) = self.presence_op(PresenceOp::Heartbeat { node, ttl }) else {
-            return;
-        };
-        ctx.spawn(
-            answer
-                .into_actor(self)
-                .map(|answer, hub, ctx| match answer {
-                    Ok(Ok(PresenceReply::Held(held))) => {
-                        if held != hub.presences.local_count() as u64 {
-                            debug!(
-                                held,
-                                local = hub.presences.local_count(),
-                                "presence entries differ; syncing"
-                            );
-                            hub.presence_sync(ctx);
-                        }
-                    }
-                    other => debug!(?other, "presence heartbeat failed"),
-                }),
-        );
-    }
-
     /// Makes the backend's entries of this node exactly its members.
     fn presence_sync(&mut self, ctx: &mut Context<Self>) {
         let _ = self.presences.take_unsynced();
         let op = PresenceOp::Sync {
             node: self.presences.node().to_owned(),
             ttl: self.liveness(),
-            entries: self.presences.local_entries(),
+            entries: self.presences.sync_entries(),
         };
         let Some(answer) = self.presence_op(op) else {
             return;
@@ -777,22 +803,15 @@ impl Hub {
         }));
     }
 
-    /// How long the backend counts this node alive after a heartbeat: three heartbeats, so
-    /// two can be missed, and a node that stops is reaped (by another node's next heartbeat)
-    /// within four fifths of the TTL.
+    /// How long the backend counts this node alive after a heartbeat.
     fn liveness(&self) -> Duration {
-        self.presence_ttl * 3 / HEARTBEATS_PER_TTL
+        liveness(self.presence_ttl)
     }
 
-    /// Starts the presence timers (diffs; heartbeats with a backend).
+    /// Starts the presence timer (diffs; the bridge heartbeats on its own).
     pub(super) fn start_presence(&mut self, ctx: &mut Context<Self>) {
-        if !self.presences.is_on() {
-            return;
-        }
-        ctx.run_interval(FLUSH_TICK, |hub, _| hub.presence_flush());
-        if self.upstream.is_some() {
-            let every = self.presence_ttl / HEARTBEATS_PER_TTL;
-            ctx.run_interval(every, |hub, ctx| hub.presence_heartbeat(ctx));
+        if self.presences.is_on() {
+            ctx.run_interval(FLUSH_TICK, |hub, _| hub.presence_flush());
         }
     }
 }
@@ -802,6 +821,25 @@ impl Handler<PresenceChanged> for Hub {
 
     fn handle(&mut self, msg: PresenceChanged, _: &mut Self::Context) {
         self.presences.apply(&msg.topic, msg.change);
+    }
+}
+
+impl Handler<PresenceHeld> for Hub {
+    type Result = ();
+
+    /// A heartbeat's count: the backend holds this node's members, give or take the tracks
+    /// still on their way; otherwise (it lost them, or declared this node gone while it was
+    /// only cut off) the node writes them all again.
+    fn handle(&mut self, msg: PresenceHeld, ctx: &mut Self::Context) {
+        let low = self.presences.local_count() as u64;
+        let high = low + self.presences.in_flight_count() as u64;
+        if self.presences.take_unsynced() || !(low..=high).contains(&msg.held) {
+            debug!(
+                held = msg.held,
+                low, high, "presence entries differ; syncing"
+            );
+            self.presence_sync(ctx);
+        }
     }
 }
 
@@ -882,8 +920,10 @@ impl Handler<UpdatePresence> for Hub {
             self.presences.track(session, &topic, phx_ref, member);
             return answer(PublishAnswer::Everywhere);
         };
+        self.presences.begin_track(&phx_ref, &topic, &member);
         ctx.spawn(pending.into_actor(self).map(move |outcome, hub, _| {
             hub.updating.remove(&updating);
+            hub.presences.end_track(&phx_ref);
             let still = hub
                 .presences
                 .member_of(session, &topic)
@@ -896,6 +936,7 @@ impl Handler<UpdatePresence> for Hub {
             let result = match outcome {
                 Ok(Ok(PresenceReply::Tracked)) => PublishAnswer::Everywhere,
                 Ok(Ok(PresenceReply::Full)) => {
+                    hub.presence_untrack(topic, phx_ref);
                     return answer(PublishAnswer::Refused("the topic is full".into()));
                 }
                 other => {
