@@ -573,7 +573,9 @@ mod tests {
                 reason: TokenError::Malformed
             })
         );
-        let expired = TokenSecret::new(SECRET).unwrap().sign("u", NOW_UNIX);
+        let expired = TokenSecret::new(SECRET)
+            .unwrap()
+            .sign("u", NOW_UNIX - 2 * crate::token::LEEWAY_SECONDS);
         assert_eq!(
             server.open(Some("2.0.0"), Some(&expired), t(0), NOW_UNIX),
             Err(OpenRefusal::Unauthorized {

@@ -3,8 +3,10 @@
 //! Only what Switchboard needs, written out so it can be read in one sitting: the header must
 //! say `"alg":"HS256"` (so `none` and every other algorithm are refused), the signature is
 //! checked in constant time before anything of the claims is trusted, `exp` is required and
-//! `nbf` honoured when present. Time is an argument (seconds since the Unix epoch), so tests
-//! need no clock.
+//! `nbf` honoured when present, both with [`LEEWAY_SECONDS`] of slack for clocks that
+//! disagree. The optional `info` claim is an object the application signs about the user
+//! (a name, an avatar): presence shows it. Time is an argument (seconds since the Unix epoch),
+//! so tests need no clock.
 //!
 //! The node's WebSocket upgrade and the WebAssembly fake server
 //! ([`LocalServer`](crate::local::LocalServer)) both check tokens with this code, so a token
@@ -18,12 +20,19 @@
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::Sha256;
+
+use crate::presence::Meta;
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// The shortest secret accepted, in bytes (HS256 wants at least the hash size).
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// How far the clocks of the application that signs tokens and of the node may disagree: a
+/// token is accepted until `exp` plus this, and from `nbf` minus this.
+pub const LEEWAY_SECONDS: u64 = 30;
 
 /// Why a token was refused. The node logs the reason and tells the client only that the
 /// token was not accepted (HTTP 401).
@@ -51,6 +60,28 @@ pub enum TokenError {
     /// `sub` is missing or empty.
     #[error("the token has no sub claim")]
     NoSubject,
+    /// `info` is not a JSON object, or has `phx_` fields.
+    #[error("the token's info claim must be a JSON object without phx_ fields")]
+    Info,
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The user (`sub`).
+    pub sub: String,
+    /// `exp`, in seconds since the Unix epoch.
+    pub exp: u64,
+    /// The `info` claim.
+    pub info: Option<Meta>,
+}
+
+impl Verified {
+    /// Seconds from `now` until the token stops being accepted (`exp` plus the leeway).
+    #[must_use]
+    pub fn valid_for(&self, now: u64) -> u64 {
+        (self.exp + LEEWAY_SECONDS).saturating_sub(now)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +97,8 @@ struct Claims {
     exp: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    info: Option<Box<RawValue>>,
 }
 
 /// The secret tokens are signed with.
@@ -100,11 +133,18 @@ impl TokenSecret {
     /// Signs a token for `sub` that expires at `exp` (seconds since the Unix epoch).
     #[must_use]
     pub fn sign(&self, sub: &str, exp: u64) -> String {
+        self.sign_with_info(sub, exp, None)
+    }
+
+    /// Signs a token for `sub` that expires at `exp`, with `info` as its `info` claim.
+    #[must_use]
+    pub fn sign_with_info(&self, sub: &str, exp: u64, info: Option<&Meta>) -> String {
         let header = base64url::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let claims = Claims {
             sub: Some(sub.to_owned()),
             exp: Some(exp as f64),
             nbf: None,
+            info: info.and_then(|info| RawValue::from_string(info.as_str().to_owned()).ok()),
         };
         // Serialising a struct of strings and numbers cannot fail.
         let claims = base64url::encode(
@@ -124,6 +164,14 @@ impl TokenSecret {
     /// # Errors
     /// [`TokenError`] says why the token is refused.
     pub fn verify(&self, token: &str, now: u64) -> Result<String, TokenError> {
+        self.verify_claims(token, now).map(|verified| verified.sub)
+    }
+
+    /// Verifies `token` at time `now` (seconds since the Unix epoch): what it says.
+    ///
+    /// # Errors
+    /// [`TokenError`] says why the token is refused.
+    pub fn verify_claims(&self, token: &str, now: u64) -> Result<Verified, TokenError> {
         let (signing_input, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let (header, claims) = signing_input
             .split_once('.')
@@ -139,19 +187,30 @@ impl TokenSecret {
         mac.verify_slice(&signature)
             .map_err(|_| TokenError::Signature)?;
         let claims: Claims = decode_json(claims)?;
-        let now = now as f64;
-        match claims.exp {
+        let (now, leeway) = (now as f64, LEEWAY_SECONDS as f64);
+        let exp = match claims.exp {
             None => return Err(TokenError::NoExpiry),
-            Some(exp) if exp <= now => return Err(TokenError::Expired),
-            Some(_) => {}
-        }
-        if claims.nbf.is_some_and(|nbf| nbf > now) {
+            Some(exp) if exp + leeway <= now => return Err(TokenError::Expired),
+            Some(exp) => exp,
+        };
+        if claims.nbf.is_some_and(|nbf| nbf > now + leeway) {
             return Err(TokenError::NotYetValid);
         }
-        match claims.sub {
-            Some(sub) if !sub.is_empty() => Ok(sub),
-            _ => Err(TokenError::NoSubject),
-        }
+        let sub = match claims.sub {
+            Some(sub) if !sub.is_empty() => sub,
+            _ => return Err(TokenError::NoSubject),
+        };
+        let info = claims
+            .info
+            .map(|info| Meta::parse(info.get(), "the token's info claim"))
+            .transpose()
+            .map_err(|_| TokenError::Info)?;
+        Ok(Verified {
+            sub,
+            // A float exp past u64 saturates; a negative one is long expired (refused above).
+            exp: exp as u64,
+            info,
+        })
     }
 }
 
@@ -251,10 +310,45 @@ mod tests {
     }
 
     #[test]
-    fn expired_tokens_are_refused() {
+    fn expired_tokens_are_refused_after_the_leeway() {
         let token = secret().sign("u", NOW);
-        assert_eq!(secret().verify(&token, NOW), Err(TokenError::Expired));
-        assert_eq!(secret().verify(&token, NOW + 1), Err(TokenError::Expired));
+        assert_eq!(
+            secret().verify(&token, NOW),
+            Ok("u".to_owned()),
+            "within the leeway"
+        );
+        let verified = secret().verify_claims(&token, NOW - 5).unwrap();
+        assert_eq!(verified.valid_for(NOW - 5), LEEWAY_SECONDS + 5);
+        assert_eq!(
+            secret().verify(&token, NOW + LEEWAY_SECONDS - 1),
+            Ok("u".to_owned())
+        );
+        assert_eq!(
+            secret().verify(&token, NOW + LEEWAY_SECONDS),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn the_info_claim_is_an_object_the_application_signs() {
+        let info = Meta::parse(r#"{"name":"Ada"}"#, "info").unwrap();
+        let token = secret().sign_with_info("ada", NOW + 60, Some(&info));
+        let verified = secret().verify_claims(&token, NOW).unwrap();
+        assert_eq!(verified.info, Some(info));
+        assert_eq!(verified.exp, NOW + 60);
+        let key = b"0123456789abcdef0123456789abcdef";
+        for bad in [r#"[1]"#, r#""Ada""#, r#"{"phx_ref":"x"}"#] {
+            let forged = forge(
+                r#"{"alg":"HS256"}"#,
+                &format!(r#"{{"sub":"u","exp":1900000000,"info":{bad}}}"#),
+                key,
+            );
+            assert_eq!(
+                secret().verify_claims(&forged, NOW),
+                Err(TokenError::Info),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -301,6 +395,19 @@ mod tests {
             key,
         );
         assert_eq!(secret().verify(&later, NOW), Err(TokenError::NotYetValid));
+        let almost = forge(
+            r#"{"alg":"HS256"}"#,
+            &format!(
+                r#"{{"sub":"u","exp":1900000000,"nbf":{}}}"#,
+                NOW + LEEWAY_SECONDS
+            ),
+            key,
+        );
+        assert_eq!(
+            secret().verify(&almost, NOW),
+            Ok("u".to_owned()),
+            "clock skew"
+        );
     }
 
     #[test]

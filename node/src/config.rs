@@ -22,7 +22,7 @@ use switchboard_core::bridge::BridgeConfig;
 use switchboard_core::connection::Limits;
 use switchboard_core::history::retention::DEFAULT_TTL;
 use switchboard_core::history::{HistoryRules, Retention};
-use switchboard_core::presence::{self, PresenceRules};
+use switchboard_core::presence::{self, Meta, PresenceRules};
 use switchboard_core::{Rule, MAX_TOPIC_BYTES};
 
 use crate::security::token::TokenSecret;
@@ -281,6 +281,10 @@ pub enum Command {
         /// How long the token is valid.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
+        /// The token's `info` claim: a JSON object presence shows as part of the user's meta
+        /// (e.g. '{"name":"Ada"}').
+        #[arg(long, value_name = "JSON", value_parser = info_claim)]
+        info: Option<Meta>,
     },
 }
 
@@ -439,6 +443,11 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
         return Err("must be longer than 0s".into());
     }
     Ok(duration)
+}
+
+/// A token's `info` claim: a JSON object without `phx_` fields.
+fn info_claim(text: &str) -> Result<Meta, String> {
+    Meta::parse(text, "the info claim").map_err(|err| err.to_string())
 }
 
 /// A presence TTL: long enough for a fifth of it to be a sensible heartbeat.

@@ -3,6 +3,7 @@
 use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
+use switchboard_core::presence::Meta;
 use switchboard_node::config::Command;
 use switchboard_node::security::Security;
 use switchboard_node::{server, Config};
@@ -10,8 +11,8 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::load().unwrap_or_else(|err| err.exit());
-    if let Some(Command::Token { sub, ttl }) = &config.command {
-        return print_token(&config, sub, ttl.as_secs());
+    if let Some(Command::Token { sub, ttl, info }) = &config.command {
+        return print_token(&config, sub, ttl.as_secs(), info.as_ref());
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -40,10 +41,15 @@ impl std::io::Write for LossyStderr {
 }
 
 /// `switchboard token --sub ID --ttl 1h`: prints a connect token on standard output.
-fn print_token(config: &Config, sub: &str, ttl_seconds: u64) -> anyhow::Result<()> {
+fn print_token(
+    config: &Config,
+    sub: &str,
+    ttl_seconds: u64,
+    info: Option<&Meta>,
+) -> anyhow::Result<()> {
     let security = Security::from_config(config).map_err(anyhow::Error::msg)?;
     let token = security
-        .sign(sub, ttl_seconds)
+        .sign(sub, ttl_seconds, info)
         .map_err(anyhow::Error::msg)?;
     writeln!(std::io::stdout().lock(), "{token}").context("cannot write the token")
 }

@@ -551,7 +551,8 @@ impl Run<'_> {
             Token::Sub { sub, expired } => {
                 let secret = TokenSecret::new(SECRET).expect("a long enough secret");
                 let exp = if *expired {
-                    unix_now().saturating_sub(10)
+                    // Past exp by more than the clock-skew leeway.
+                    unix_now().saturating_sub(2 * switchboard_core::token::LEEWAY_SECONDS)
                 } else {
                     unix_now() + 3600
                 };

@@ -187,7 +187,8 @@ async fn every_kind_of_bad_token_is_refused_at_the_upgrade_with_401() {
             "expired",
             jwt(
                 &hs256,
-                &json!({"sub": "u1", "exp": now() - 10}),
+                // Past exp by more than the node's clock-skew leeway (30 s).
+                &json!({"sub": "u1", "exp": now() - 120}),
                 SECRET.as_bytes(),
             ),
         ),
@@ -463,4 +464,82 @@ async fn an_open_node_says_so_at_start_and_in_readyz() {
     );
     let secure = secured(&[]);
     assert_eq!(secure.get("/readyz").await.json()["auth"], "token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_is_closed_with_3005_when_its_token_expires_and_reconnects_with_a_fresh_one() {
+    let node = secured(&[]);
+    // exp 27 s ago: still accepted for the 30 s clock-skew leeway, so for about 3 s more.
+    let claims = json!({"sub": "u1", "exp": now() - 27});
+    let expiring = jwt(&json!({"alg": "HS256"}), &claims, SECRET.as_bytes());
+    let mut client = Client::connect(&url_with_token(&node, &expiring)).await;
+    client.join_ok("auditlog:u1").await;
+    let started = std::time::Instant::now();
+    client.set_timeout(Duration::from_secs(10));
+    client.expect_close_with(3005, "token expired").await;
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_secs(1),
+        "closed after {after:?}, before the token expired"
+    );
+    // The same token is refused now; a fresh one connects (what phoenix.js does when its
+    // params is a function returning the current token).
+    assert_eq!(
+        refused_status(Client::try_connect(&url_with_token(&node, &expiring)).await),
+        401
+    );
+    let mut fresh = connect_as(&node, "u1").await;
+    fresh.join_ok("auditlog:u1").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_shows_the_tokens_info_claim_which_the_client_cannot_override() {
+    let dir = std::env::temp_dir().join(format!("switchboard-info-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("presence.toml");
+    std::fs::write(
+        &file,
+        "[channels.room]\njoin = \"authenticated\"\npush = \"authenticated\"\npresence = true\n",
+    )
+    .expect("config");
+    let node = secured(&["--config", file.to_str().expect("UTF-8 path")]);
+    let claims = json!({"sub": "ada", "exp": now() + 3600, "info": {"name": "Ada Lovelace"}});
+    let signed = jwt(&json!({"alg": "HS256"}), &claims, SECRET.as_bytes());
+    let mut ada = Client::connect(&url_with_token(&node, &signed)).await;
+    let reply = ada
+        .join_with(
+            "room:1",
+            json!({"presence": {"name": "Mallory", "status": "online"}}),
+        )
+        .await;
+    assert_eq!(reply.status(), "ok", "{reply}");
+    let state = ada
+        .recv_until("presence_state", |f| f.event() == "presence_state")
+        .await;
+    let metas = &state.payload()["ada"]["metas"];
+    assert_eq!(metas.as_array().map(Vec::len), Some(1), "{state}");
+    assert_eq!(metas[0]["name"], "Ada Lovelace", "info wins: {state}");
+    assert_eq!(metas[0]["status"], "online", "{state}");
+    // A token whose info is not an object is refused at the upgrade.
+    let bad = json!({"sub": "eve", "exp": now() + 3600, "info": ["x"]});
+    let bad = jwt(&json!({"alg": "HS256"}), &bad, SECRET.as_bytes());
+    assert_eq!(
+        refused_status(Client::try_connect(&url_with_token(&node, &bad)).await),
+        401
+    );
+    // The token command signs info too.
+    let output = switchboard_e2e::node::command()
+        .args(["token", "--sub", "bob", "--info", r#"{"name":"Bob"}"#])
+        .env("TOKEN_SECRET", SECRET)
+        .output()
+        .expect("switchboard token");
+    assert!(output.status.success(), "{output:?}");
+    let bob_token = String::from_utf8(output.stdout).expect("UTF-8");
+    let mut bob = Client::connect(&url_with_token(&node, bob_token.trim())).await;
+    bob.join_ok("room:1").await;
+    let state = bob
+        .recv_until("presence_state", |f| f.event() == "presence_state")
+        .await;
+    assert_eq!(state.payload()["bob"]["metas"][0]["name"], "Bob", "{state}");
+    std::fs::remove_dir_all(&dir).ok();
 }

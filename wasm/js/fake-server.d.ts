@@ -211,8 +211,9 @@ export declare class FakeServer {
   /** Forgets `frames` and `refusals` (not the sockets). */
   clear(): void;
   /**
-   * A connect token for `sub`, valid for `ttlSeconds` (default 3600), signed with
-   * `tokenSecret` exactly as `switchboard token` signs it.
+   * A connect token for `sub`, valid for `ttlSeconds` (default 3600; negative: expired that
+   * long ago), signed with `tokenSecret` exactly as `switchboard token` signs it. Tokens are
+   * accepted until 30 s past `exp` (clock-skew leeway).
    * @throws Error with code `no_token_secret` without a `tokenSecret`.
    */
   token(sub: string, ttlSeconds?: number): string;

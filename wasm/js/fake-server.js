@@ -591,10 +591,13 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
       this.#hub.refusals.length = 0;
     }
 
-    /** Signs a connect token for `sub`, valid for `ttlSeconds` (default one hour). */
+    /**
+     * Signs a connect token for `sub`, valid for `ttlSeconds` (default one hour; a negative
+     * number makes a token that expired that long ago, for tests).
+     */
     token(sub, ttlSeconds = 3600) {
       if (typeof sub !== "string" || sub === "") throw invalid("sub must be a non-empty string");
-      if (!Number.isInteger(ttlSeconds) || ttlSeconds < 0) throw invalid("ttlSeconds must be a whole number of seconds");
+      if (!Number.isInteger(ttlSeconds)) throw invalid("ttlSeconds must be a whole number of seconds");
       return this.#engine.token(sub, Math.floor(Date.now() / 1000) + ttlSeconds);
     }
 

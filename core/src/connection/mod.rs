@@ -99,6 +99,8 @@ pub struct Connection {
     pushes: TokenBucket,
     joins: TokenBucket,
     last_input: Time,
+    /// When the socket's token stops being accepted: the connection closes then.
+    expires: Option<Time>,
     next_join: u64,
     outputs: VecDeque<Output>,
     closed: bool,
@@ -126,6 +128,7 @@ impl Connection {
             waiting: 0,
             waiting_bytes: 0,
             last_input: now,
+            expires: None,
             next_join: 0,
             outputs: VecDeque::new(),
             closed: false,
@@ -140,6 +143,14 @@ impl Connection {
         self
     }
 
+    /// The same connection, closed with [`reasons::close::TOKEN_EXPIRED`] at `at` (when its
+    /// token stops being accepted).
+    #[must_use]
+    pub const fn with_expiry(mut self, at: Time) -> Self {
+        self.expires = Some(at);
+        self
+    }
+
     /// The next thing to do, oldest first; `None` when there is nothing.
     pub fn poll(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -148,7 +159,14 @@ impl Connection {
     /// When [`handle_tick`](Self::handle_tick) should run next; `None` once closed.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
-        (!self.closed).then(|| self.last_input + self.limits.idle_timeout)
+        let idle = self.last_input + self.limits.idle_timeout;
+        (!self.closed).then(|| self.expires.map_or(idle, |expires| expires.min(idle)))
+    }
+
+    /// When the socket's token stops being accepted, if it has one.
+    #[must_use]
+    pub const fn expires(&self) -> Option<Time> {
+        self.expires
     }
 
     /// Whether the connection has closed (an [`Output::Close`] was issued).
@@ -251,11 +269,16 @@ impl Connection {
         self.last_input = self.last_input.max(now);
     }
 
-    /// Time passed: closes the socket when it has been idle for [`Limits::idle_timeout`].
+    /// Time passed: closes the socket when its token has expired, or when it has been idle for
+    /// [`Limits::idle_timeout`].
     pub fn handle_tick(&mut self, now: Time) {
-        if !self.closed
-            && now.saturating_duration_since(self.last_input) >= self.limits.idle_timeout
-        {
+        if self.closed {
+            return;
+        }
+        if self.expires.is_some_and(|expires| now >= expires) {
+            let (code, reason) = reasons::close::TOKEN_EXPIRED;
+            self.close(code, reason);
+        } else if now.saturating_duration_since(self.last_input) >= self.limits.idle_timeout {
             self.close(reasons::close::IDLE.0, reasons::close::IDLE.1);
         }
     }

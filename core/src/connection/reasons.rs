@@ -15,6 +15,9 @@ pub mod close {
     pub const NOT_A_FRAME: u16 = 1007;
     /// A message over the size limit.
     pub const TOO_LARGE: (u16, &str) = (1009, "frame too large");
+    /// The socket's token expired (as Centrifugo's `DisconnectExpired`): reconnect with a
+    /// fresh one.
+    pub const TOKEN_EXPIRED: (u16, &str) = (3005, "token expired");
     /// The socket could not keep up with its deliveries (as Centrifugo's `DisconnectSlow`).
     pub const SLOW_CONSUMER: (u16, &str) = (3008, "slow consumer");
 }

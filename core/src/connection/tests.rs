@@ -639,3 +639,22 @@ fn a_member_updates_its_meta_and_cannot_forge_diffs() {
         .unwrap()
         .contains("must be a JSON object"));
 }
+
+#[test]
+fn a_socket_is_closed_with_3005_when_its_token_expires() {
+    let mut conn = open().with_expiry(t(5_000));
+    assert_eq!(
+        conn.poll_timeout(),
+        Some(t(5_000)),
+        "before the idle timeout"
+    );
+    conn.touch(t(4_000));
+    conn.handle_tick(t(4_999));
+    assert_eq!(drain(&mut conn), Vec::<Value>::new());
+    conn.handle_tick(t(5_000));
+    assert_eq!(
+        drain(&mut conn),
+        vec![json!({"close": 3005, "reason": "token expired"})]
+    );
+    assert_eq!(conn.poll_timeout(), None);
+}

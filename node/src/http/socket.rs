@@ -134,14 +134,21 @@ pub(super) async fn socket(
     } else {
         identity.user.clone()
     };
-    let presence = switchboard_core::presence::Identity { key, info: None };
-    let engine = Connection::new(
+    let presence = switchboard_core::presence::Identity {
+        key,
+        info: identity.info,
+    };
+    let mut engine = Connection::new(
         state.limits.clone(),
         state.security.rules().clone(),
         identity.user,
         Time::ZERO,
     )
     .with_presence(state.presence.clone(), presence);
+    if let Some(valid_for) = identity.valid_for {
+        // Closed with 3005 when the token stops being accepted.
+        engine = engine.with_expiry(Time::ZERO + valid_for);
+    }
     let session = WsSession::new(
         state.hub.clone(),
         engine,

@@ -7,9 +7,10 @@
 pub use switchboard_core::token;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use subtle::ConstantTimeEq as _;
+use switchboard_core::presence::Meta;
 use switchboard_core::{Access, ChannelRules};
 use tracing::warn;
 
@@ -30,6 +31,11 @@ pub struct Security {
 pub struct Identity {
     /// The token's `sub`; `None` on an open node.
     pub user: Option<String>,
+    /// The token's `info` claim (shown by presence).
+    pub info: Option<Meta>,
+    /// How long the token is still accepted (`exp` plus the clock-skew leeway); the socket is
+    /// closed with 3005 then.
+    pub valid_for: Option<Duration>,
 }
 
 impl Security {
@@ -117,9 +123,11 @@ impl Security {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        secret
-            .verify(token, now)
-            .map(|user| Identity { user: Some(user) })
+        secret.verify_claims(token, now).map(|verified| Identity {
+            valid_for: Some(Duration::from_secs(verified.valid_for(now))),
+            user: Some(verified.sub),
+            info: verified.info,
+        })
     }
 
     /// Whether the node runs open (no token secret): clients name themselves.
@@ -156,18 +164,24 @@ impl Security {
         presented.trim().as_bytes().ct_eq(key).into()
     }
 
-    /// Signs a token for `sub` valid for `ttl_seconds` (the `token` command).
+    /// Signs a token for `sub` valid for `ttl_seconds`, with `info` as its `info` claim (the
+    /// `token` command).
     ///
     /// # Errors
     /// No token secret is configured.
-    pub fn sign(&self, sub: &str, ttl_seconds: u64) -> Result<String, &'static str> {
+    pub fn sign(
+        &self,
+        sub: &str,
+        ttl_seconds: u64,
+        info: Option<&Meta>,
+    ) -> Result<String, &'static str> {
         let secret = self.secret.as_ref().ok_or(
             "no token secret: set --token-secret, TOKEN_SECRET or token-secret in the config file",
         )?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        Ok(secret.sign(sub, now.saturating_add(ttl_seconds)))
+        Ok(secret.sign_with_info(sub, now.saturating_add(ttl_seconds), info))
     }
 }
 
@@ -198,7 +212,7 @@ mod tests {
     fn with_a_secret_tokens_are_required_and_unlisted_namespaces_are_owner_only() {
         let secure = security(&["--token-secret", SECRET, "--open-publish"]);
         assert!(secure.authenticate(None).is_err());
-        let token = secure.sign("42", 60).unwrap();
+        let token = secure.sign("42", 60, None).unwrap();
         let identity = secure.authenticate(Some(&token)).unwrap();
         assert_eq!(identity.user.as_deref(), Some("42"));
         let own = Topic::new("auditlog:42").unwrap();

@@ -252,6 +252,15 @@ impl Actor for WsSession {
             act.engine.handle_tick(now);
             act.drive(ctx);
         });
+        if let Some(expires) = self.engine.expires() {
+            // Closed with 3005 the moment the token stops being accepted.
+            let after = expires.saturating_duration_since(self.now());
+            ctx.run_later(after, |act, ctx| {
+                let now = act.now();
+                act.engine.handle_tick(now);
+                act.drive(ctx);
+            });
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

@@ -114,7 +114,8 @@ fn sockets_need_tokens_and_rules_apply_with_a_secret() {
         ("unauthorized".into(), Some(401.0))
     );
     let token = engine.token("42", NOW_UNIX + 60.0).expect("a secret");
-    let expired = engine.token("42", NOW_UNIX).expect("a secret");
+    // Past exp by more than the 30 s clock-skew leeway.
+    let expired = engine.token("42", NOW_UNIX - 120.0).expect("a secret");
     assert_eq!(
         refused(&mut engine, Some("2.0.0"), Some(expired)),
         ("unauthorized".into(), Some(401.0))
