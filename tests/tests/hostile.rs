@@ -519,3 +519,81 @@ async fn the_worst_case_memory_of_one_socket_is_its_send_budget() {
         "{per_socket} KiB per socket"
     );
 }
+
+/// The node's CPU time so far (user + system), from `/proc/<pid>/stat`, in clock ticks
+/// (100 per second on Linux).
+fn cpu_ticks(node: &Node) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", node.pid())).expect("stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_sockets_flood_costs_the_node_a_bounded_share_of_cpu() {
+    let node = Node::start(&[]);
+    let mut watcher = node.connect().await;
+    watcher.join_ok("room:flood").await;
+    let mut flooder = node.connect().await;
+    flooder.join_ok("room:flood").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_before = cpu_ticks(&node);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = cpu_ticks(&node) - idle_before;
+    // As fast as the socket takes them: pushes (refused past 100/s after a burst of 200),
+    // frames that are not frames, heartbeats and joins of topics it may not have.
+    let flood_seconds = 3;
+    let before = cpu_ticks(&node);
+    let started = Instant::now();
+    let mut sent = 0_u64;
+    while started.elapsed() < Duration::from_secs(flood_seconds) {
+        for n in 0..50 {
+            let text = match n % 5 {
+                0 | 1 => json!(["1", n.to_string(), "room:flood", "msg", {"n": n}]).to_string(),
+                2 => json!([null, n.to_string(), "phoenix", "heartbeat", {}]).to_string(),
+                3 => json!(["9", n.to_string(), "__keyspace@0__:x", "phx_join", {}]).to_string(),
+                _ => json!(["1", n.to_string(), "room:flood", "phx_reply", {}]).to_string(),
+            };
+            flooder.send_text(text).await;
+            sent += 1;
+        }
+        // Read the replies so the flooder itself is not cut off as a slow reader.
+        let _ = flooder.take_pending();
+        while flooder
+            .recv_json_within(Duration::from_millis(1))
+            .await
+            .is_some()
+        {}
+    }
+    let busy = cpu_ticks(&node) - before;
+    let wall = started.elapsed().as_secs_f64();
+    // What reached the other socket: at most the burst and the rate.
+    let mut delivered = 0_u64;
+    while watcher
+        .recv_json_within(Duration::from_millis(300))
+        .await
+        .is_some()
+    {
+        delivered += 1;
+    }
+    report(&format!(
+        "one socket's flood: {sent} frames in {wall:.1} s ({:.0}/s); node CPU {:.0}% of one core \
+         (idle {:.1}%); {delivered} broadcasts reached another socket",
+        sent as f64 / wall,
+        busy as f64 / wall,
+        idle as f64 / 2.0,
+    ));
+    let bound = 200 + 100 * (flood_seconds + 1);
+    assert!(
+        delivered <= bound,
+        "{delivered} broadcasts passed the push rate (bound {bound})"
+    );
+    assert!(delivered > 0, "the allowed pushes were delivered");
+    // The node still answers others at once.
+    let mut other = node.connect().await;
+    other.join_ok("room:after").await;
+}
