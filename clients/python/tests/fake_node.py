@@ -9,7 +9,10 @@ implement yet, so the client's side of it is tested now:
 It keeps the last ``keep`` publications per topic; a ``since`` older than that, or of another
 epoch, is not recoverable. Knobs let a test misbehave: ``answer_heartbeats``,
 ``replay_duplicates`` (also resend the publication at ``since``), ``history`` (off: answers
-like today's node, without positions), presence frames on join.
+like today's node, without positions), presence frames on join (``presence_on_join``: the
+``presence_state`` after each join's reply, with the join's ``join_ref`` as the node sends it;
+``presence_diff_first``: a diff sent between the reply and the state; ``presence_stale_state``:
+a state naming another join, sent before the real one).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class FakeNode:
     answer_heartbeats: bool = True
     replay_duplicates: bool = False
     presence_on_join: dict[str, Any] | None = None
+    presence_diff_first: dict[str, Any] | None = None
+    presence_stale_state: dict[str, Any] | None = None
     joins: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     heartbeats: int = 0
     logs: dict[str, list[Publication]] = field(default_factory=dict)
@@ -125,7 +130,7 @@ class FakeNode:
         if not self.history:
             self.members[ws][topic] = join_ref
             await _reply(ws, join_ref, ref, topic, "ok", {})
-            await self._presence(ws, topic)
+            await self._presence(ws, join_ref, topic)
             return
         since = payload.get("since")
         replay: list[Publication] | None = None
@@ -144,11 +149,15 @@ class FakeNode:
         await _reply(ws, join_ref, ref, topic, "ok", response)
         for p in replay or []:
             await _send(ws, [None, f"{p.offset}:{self.epoch}", topic, p.event, p.payload])
-        await self._presence(ws, topic)
+        await self._presence(ws, join_ref, topic)
 
-    async def _presence(self, ws: ServerConnection, topic: str) -> None:
+    async def _presence(self, ws: ServerConnection, join_ref: str, topic: str) -> None:
+        if self.presence_diff_first is not None:
+            await _send(ws, [None, None, topic, "presence_diff", self.presence_diff_first])
+        if self.presence_stale_state is not None:
+            await _send(ws, [f"not-{join_ref}", None, topic, "presence_state", self.presence_stale_state])
         if self.presence_on_join is not None:
-            await _send(ws, [None, None, topic, "presence_state", self.presence_on_join])
+            await _send(ws, [join_ref, None, topic, "presence_state", self.presence_on_join])
 
 
 async def _send(ws: ServerConnection, frame: list[Any]) -> None:

@@ -1,5 +1,5 @@
 """The pure wire layer: topic rules (the node's, from core/src/topic.rs), frames, positions,
-presence synchronisation (phoenix.js' syncState / syncDiff)."""
+presence synchronisation (phoenix.js' syncState / syncDiff) and presence input checks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from switchboard_client._connection import base_url
 from switchboard_client._phoenix import (
     Frame,
     Position,
+    PresenceChange,
     PresenceState,
     decode_frame,
     encode_frame,
@@ -66,27 +67,60 @@ def test_presence_sync_like_phoenix_js() -> None:
     state = PresenceState()
     assert state.snapshot() is None and not state.known
     # A diff before the state is held, then applied after it.
-    state.sync_diff({"joins": {"carol": {"metas": [{"phx_ref": "c1"}]}}, "leaves": {}})
-    state.sync_state({"alice": {"metas": [{"phx_ref": "a1"}]}, "bob": {"metas": [{"phx_ref": "b1"}]}})
+    assert state.on_diff({"joins": {"carol": {"metas": [{"phx_ref": "c1"}]}}, "leaves": {}}, "1") is None
+    changes = state.on_state({"alice": {"metas": [{"phx_ref": "a1"}]}, "bob": {"metas": [{"phx_ref": "b1"}]}}, "1")
+    assert [(c.kind, c.key) for c in changes] == [("join", "alice"), ("join", "bob"), ("join", "carol")]
     assert state.snapshot() == {
         "alice": [{"phx_ref": "a1"}],
         "bob": [{"phx_ref": "b1"}],
         "carol": [{"phx_ref": "c1"}],
     }
-    state.sync_diff(
+    changes = state.on_diff(
         {
             "joins": {"alice": {"metas": [{"phx_ref": "a2"}]}},
             "leaves": {"bob": {"metas": [{"phx_ref": "b1"}]}, "nobody": {"metas": [{"phx_ref": "n"}]}},
-        }
-    )
+        },
+        "1",
+    ) or []
+    assert changes == [
+        PresenceChange("join", "alice", [{"phx_ref": "a1"}], [{"phx_ref": "a2"}]),
+        PresenceChange("leave", "bob", [], [{"phx_ref": "b1"}]),
+    ]
     assert state.snapshot() == {
         "alice": [{"phx_ref": "a1"}, {"phx_ref": "a2"}],
         "carol": [{"phx_ref": "c1"}],
     }
-    state.sync_diff({"joins": {}, "leaves": {"alice": {"metas": [{"phx_ref": "a1"}]}}})
-    assert state.snapshot() == {"alice": [{"phx_ref": "a2"}], "carol": [{"phx_ref": "c1"}]}
+    # A rejoin (join "2"): diffs wait for its state, which replaces the list the way
+    # syncState does: who is not in it leaves (no zombie), then the held diff applies.
+    assert state.on_diff({"joins": {"dan": {"metas": [{"phx_ref": "d1"}]}}, "leaves": {}}, "2") is None
+    assert not state.synced("2") and state.snapshot() is not None  # the last list, meanwhile
+    changes = state.on_state({"alice": {"metas": [{"phx_ref": "a2"}]}}, "2")
+    assert state.synced("2")
+    assert [(c.kind, c.key, c.current, c.metas) for c in changes] == [
+        ("leave", "carol", [], [{"phx_ref": "c1"}]),
+        ("leave", "alice", [{"phx_ref": "a2"}], [{"phx_ref": "a1"}]),
+        ("join", "dan", None, [{"phx_ref": "d1"}]),
+    ]
+    assert state.snapshot() == {"alice": [{"phx_ref": "a2"}], "dan": [{"phx_ref": "d1"}]}
     state.reset()
     assert state.snapshot() is None
+
+
+def test_presence_meta_and_user_checks() -> None:
+    from switchboard_client import InvalidPresenceError
+    from switchboard_client._connection import check_meta, check_user, presence_error
+
+    assert check_meta("room:1", {"status": "on", "n": [1]}) == {"status": "on", "n": [1]}
+    for bad in [1, "x", None, {"phx_ref": "x"}, {"t": {1, 2}}, {1: "x"}]:
+        with pytest.raises(InvalidPresenceError):
+            check_meta("room:1", bad)
+    assert check_user(None) is None and check_user("ada") == "ada"
+    for bad_user in ["", "x" * 257, 5]:
+        with pytest.raises(ValueError):
+            check_user(bad_user)
+    error = presence_error("room:1", "too many members: the topic has its limit of 3 presence members")
+    assert error is not None and error.code == "too_many_members" and getattr(error, "limit") == 3
+    assert presence_error("room:1", "unauthorized") is None
 
 
 def test_base_urls() -> None:
@@ -106,3 +140,4 @@ def test_websocket_url_carries_vsn_and_token() -> None:
     )
     assert Connection("https://rt.example.com/rt").ws_url() == "wss://rt.example.com/rt/socket/websocket?vsn=2.0.0"
     assert Connection("http://h:1", token=lambda: "fresh").ws_url().endswith("token=fresh")
+    assert Connection("http://h:1", user="Ada L").ws_url().endswith("vsn=2.0.0&user=Ada+L")

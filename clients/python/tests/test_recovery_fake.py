@@ -210,6 +210,49 @@ async def test_presence_is_readable(fake: FakeNode) -> None:
             assert sub.presence() is None  # the node offers none: None, not {}
 
 
+async def test_presence_joins_with_its_meta_and_syncs_like_phoenix_js(fake: FakeNode) -> None:
+    # What the node sends on a presence topic, in an order that tests the client: a diff
+    # before the state (held, then applied after it), a state of another join (ignored).
+    fake.presence_on_join = {"ada": {"metas": [{"phx_ref": "a1", "status": "online"}]}}
+    fake.presence_diff_first = {"joins": {"bob": {"metas": [{"phx_ref": "b1"}]}}, "leaves": {}}
+    fake.presence_stale_state = {"zed": {"metas": [{"phx_ref": "z1"}]}}
+    calls: list[tuple[str, str]] = []
+    syncs: list[int] = []
+
+    async def on_sync() -> None:  # callbacks may be async: they run as tasks
+        await asyncio.sleep(0)
+        syncs.append(len(calls))
+
+    async with SwitchboardGateway(fake.url, user="ada") as gateway:
+        async with gateway.join_presence(
+            "room:1",
+            {"status": "online"},
+            on_join=lambda key, current, joined: calls.append(("join", key)),
+            on_leave=lambda key, remaining, left: calls.append(("leave", key)),
+            on_sync=on_sync,
+        ) as room:
+            await until(lambda: syncs == [2])  # after the state and the held diff: one sync
+            assert fake.joins[-1] == ("room:1", {"presence": {"status": "online"}})
+            assert gateway.connection.ws_url().endswith("&user=ada")
+            assert room.state == {"ada": [{"phx_ref": "a1", "status": "online"}], "bob": [{"phx_ref": "b1"}]}
+            assert calls == [("join", "ada"), ("join", "bob")]
+            # The update is a presence_update push; a rejoin carries the updated meta, and its
+            # state replaces the list (bob is gone: he leaves; ada's new ref joins, the old leaves).
+            await room.update({"status": "busy"})
+            fake.presence_on_join = {"ada": {"metas": [{"phx_ref": "a2", "status": "busy"}]}}
+            fake.presence_diff_first = fake.presence_stale_state = None
+            calls.clear()
+            await fake.drop_connections()
+            await until(lambda: gateway.connection.reconnects == 1 and room.synced)
+            assert fake.joins[-1][1]["presence"] == {"status": "busy"}
+            assert room.state == {"ada": [{"phx_ref": "a2", "status": "busy"}]}
+            assert sorted(calls) == [("join", "ada"), ("leave", "ada"), ("leave", "bob")]
+    # A socket without a key (no user, no token) joins as an observer: no presence parameter.
+    async with SwitchboardGateway(fake.url) as gateway:
+        async with gateway.join_presence("room:2") as room:
+            assert fake.joins[-1] == ("room:2", {}) and room.keys() == ["ada"]
+
+
 async def test_a_full_queue_drops_and_says_so(fake: FakeNode) -> None:
     async with SwitchboardGateway(fake.url, max_queue=5, raise_on_gap=True) as gateway:
         async with gateway.subscribe_to_user_channel("1", "auditlog") as sub:

@@ -11,8 +11,10 @@ Phoenix Channels V2 WebSocket to a Switchboard node.
 
 - ``_phoenix``: the wire format, pure (frames, topic rules, positions, presence sync).
 - ``_connection``: the one socket per client object: heartbeats, reconnects, rejoins,
-  multiplexing, gaps, publishing over the socket.
-- ``_http``: ``POST /api/publish`` with the standard library.
+  multiplexing, gaps, publishing over the socket, presence joins and updates.
+- ``_http``: ``POST /api/publish`` and ``GET /api/presence`` with the standard library.
+- ``presence``: :class:`Presence` (a topic's live member list, phoenix.js' ``Presence``) and
+  :class:`PresenceSnapshot` (one reading of ``GET /api/presence``).
 - ``gateway``, ``client``, ``pyview``: the three seed APIs on top.
 - ``types``, ``errors``, ``protocols``: what applications see and type against.
 """
@@ -25,14 +27,28 @@ from .errors import (
     ConnectError,
     InvalidEventError,
     InvalidMessageError,
+    InvalidPresenceError,
     InvalidTopicError,
     JoinError,
     MessagesLostError,
     MessageTooLargeError,
+    NoPresenceError,
+    PresenceError,
     PublishError,
     SwitchboardError,
+    TooManyMembersError,
 )
 from .gateway import SwitchboardGateway, SwitchboardSubscription
+from .presence import (
+    JoinCallback,
+    LeaveCallback,
+    Meta,
+    Presence,
+    PresenceEntry,
+    PresenceMap,
+    PresenceSnapshot,
+    SyncCallback,
+)
 from .pyview import SwitchboardPubSub
 from .types import Gap, Message
 
@@ -46,16 +62,28 @@ __all__ = [
     "Gap",
     "InvalidEventError",
     "InvalidMessageError",
+    "InvalidPresenceError",
     "InvalidTopicError",
+    "JoinCallback",
     "JoinError",
+    "LeaveCallback",
     "Message",
     "MessageTooLargeError",
     "MessagesLostError",
+    "Meta",
+    "NoPresenceError",
+    "Presence",
+    "PresenceEntry",
+    "PresenceError",
+    "PresenceMap",
+    "PresenceSnapshot",
     "PublishError",
     "SwitchboardClient",
     "SwitchboardError",
     "SwitchboardGateway",
     "SwitchboardPubSub",
     "SwitchboardSubscription",
+    "SyncCallback",
+    "TooManyMembersError",
     "get_default_client",
 ]

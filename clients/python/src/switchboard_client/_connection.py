@@ -12,7 +12,10 @@ HTTP publish in ``_http``). It
 - multiplexes: however many local subscribers a topic has, the socket joins it once; each
   incoming broadcast is handed to every local :class:`Listener` of its topic,
 - tells listeners about gaps: a rejoin that the node could not recover (or a node without
-  history, where nothing can be recovered) is reported in the stream as a :class:`Gap`.
+  history, where nothing can be recovered) is reported in the stream as a :class:`Gap`,
+- keeps each topic's presence list in sync (``presence_state`` / ``presence_diff``, as
+  phoenix.js' ``Presence``), joins with the socket's presence meta (also at every rejoin) and
+  updates it (``presence_update``).
 
 Listeners are called synchronously from the reader task, in frame order, and must not block.
 """
@@ -24,6 +27,7 @@ import functools
 import json
 import logging
 import random
+import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,15 +42,29 @@ from ._phoenix import (
     MAX_TOPIC_BYTES,
     PRESENCE_EVENTS,
     Frame,
+    Meta,
     Position,
+    PresenceChange,
     PresenceMap,
     PresenceState,
     decode_frame,
     dumps,
+    encode_frame,
+    sync_state,
     validate_event,
     validate_topic,
 )
-from .errors import ClosedError, ConnectError, JoinError, MessageTooLargeError, PublishError
+from .errors import (
+    ClosedError,
+    ConnectError,
+    InvalidPresenceError,
+    JoinError,
+    MessageTooLargeError,
+    NoPresenceError,
+    PresenceError,
+    PublishError,
+    TooManyMembersError,
+)
 from .types import Gap, Message
 
 log = logging.getLogger("switchboard_client")
@@ -56,6 +74,11 @@ Token = str | Callable[[], str] | None
 
 _UPSTREAM_UNAVAILABLE = "upstream unavailable"
 _RATE_LIMITED = "rate limit exceeded"
+_STALE_JOIN_REF = "stale join_ref"
+_UNMATCHED_TOPIC = "unmatched topic"
+_UPDATE_IN_PROGRESS = "a presence update is in progress"
+MAX_PRESENCE_KEY_BYTES = 256
+"""The node's bound on a presence key (the ``user`` connect parameter or a token's ``sub``)."""
 
 
 class Listener(Protocol):
@@ -110,6 +133,12 @@ class _Channel:
     position: Position | None = None
     upstream_available: bool = True
     presence: PresenceState = field(default_factory=PresenceState)
+    presence_param: Meta | None = None
+    """The join's ``presence`` parameter (``None``: none is sent), at every (re)join."""
+    presence_synced: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the list is in sync with the current join (its ``presence_state`` came)."""
+    update_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """The node takes one ``presence_update`` at a time per socket and topic."""
 
     def wanted(self, now: float, linger: float) -> bool:
         if self.listeners:
@@ -137,9 +166,12 @@ class Connection:
         api_key: str | None = None,
         publish_via: PublishVia | None = None,
         options: Options | None = None,
+        user: str | None = None,
     ) -> None:
         self.base_url = base_url(url)
         self._token = token
+        self.user = check_user(user)
+        """The ``user`` connect parameter: the socket's presence key on an open node."""
         self.api_key = api_key
         if publish_via not in (None, "socket", "http"):
             raise ValueError(f"publish_via must be 'socket' or 'http', not {publish_via!r}")
@@ -178,6 +210,8 @@ class Connection:
         token = self._token() if callable(self._token) else self._token
         if token is not None:
             query.append(("token", token))
+        if self.user is not None:
+            query.append(("user", self.user))
         return urllib.parse.urlunsplit(
             (scheme, parts.netloc, parts.path + "/socket/websocket", urllib.parse.urlencode(query), "")
         )
@@ -271,6 +305,146 @@ class Connection:
         """``{key: [meta, ...]}`` for a joined topic, ``None`` when the node sent no presence."""
         ch = self._channels.get(topic)
         return ch.presence.snapshot() if ch is not None else None
+
+    @property
+    def has_presence_key(self) -> bool:
+        """Whether the socket presumably has a presence key: a token (its ``sub``) or ``user``."""
+        return self._token is not None or self.user is not None
+
+    def presence_state(self, topic: str) -> PresenceState | None:
+        """The topic's live list (``None`` when this connection is not on the topic)."""
+        ch = self._channels.get(topic)
+        return ch.presence if ch is not None else None
+
+    def presence_synced(self, topic: str) -> bool:
+        """True while the topic is joined and its list is in sync with that join."""
+        ch = self._channels.get(topic)
+        return (
+            ch is not None
+            and self._ws is not None
+            and ch.joined_gen == self._gen
+            and ch.presence.synced(ch.join_ref)
+        )
+
+    def presence_meta(self, topic: str) -> Meta | None:
+        """The presence meta this socket joins ``topic`` with (``None``: none)."""
+        ch = self._channels.get(topic)
+        return ch.presence_param if ch is not None else None
+
+    async def join_presence(
+        self, topic: str, listener: Listener, meta: Meta | None, timeout: float | None = None
+    ) -> None:
+        """Adds ``listener`` to a presence topic; returns once the list is in sync.
+
+        The socket joins with ``{"presence": meta}`` (``{}`` without a meta when it has a
+        presence key, nothing when it is an observer), or, when the topic is already joined,
+        sends ``meta`` as a ``presence_update``. Raises the :class:`PresenceError` the
+        node's refusal means (:class:`InvalidPresenceError`, :class:`NoPresenceError`,
+        :class:`TooManyMembersError`), :class:`JoinError` for other refusals, and
+        :class:`NoPresenceError` when the join succeeded but no ``presence_state`` came
+        within ``timeout`` (``reply_timeout`` by default).
+        """
+        topic = validate_topic(topic, self.options.max_topic_bytes)
+        if meta is not None:
+            meta = check_meta(topic, meta)
+        self._check_open()
+        timeout = self.options.reply_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sent = False
+        while True:
+            ch = self._channel(topic)
+            async with ch.lock:
+                if self._channels.get(topic) is not ch:
+                    continue  # left while we waited for the lock
+                ch.listeners.append(listener)
+                if ch.presence.known:
+                    # The list is here already: the newcomer hears of everyone on it as a
+                    # phoenix.js Presence created now would (every later change is relative
+                    # to it). Nothing can come in between: there is no await since append.
+                    intro: list[PresenceChange] = []
+                    sync_state({}, ch.presence.state, intro)
+                    self._tell_presence(ch, listener, intro)
+                try:
+                    if ch.joined_gen != self._gen or self._ws is None:
+                        sent = await self._join_presence_locked(ch, meta, deadline)
+                except BaseException:
+                    ch.listeners.remove(listener)
+                    if not self._wanted(ch) and self._channels.get(topic) is ch:
+                        self._channels.pop(topic, None)
+                    raise
+            break
+        try:
+            await self._wait_presence_state(ch, deadline, timeout)
+            if meta is not None and not sent and meta != ch.presence_param:
+                await self.update_presence(topic, meta, max(0.0, deadline - loop.time()))
+        except BaseException:
+            await self.unsubscribe(topic, listener)
+            raise
+
+    async def update_presence(self, topic: str, meta: Meta, timeout: float | None = None) -> None:
+        """Replaces the socket's presence meta on ``topic`` (``presence_update``).
+
+        Returns once the node recorded it; rides out a reconnect (the update is sent again
+        on the rejoined topic) and the node's push rate limit within ``timeout``
+        (``publish_timeout`` by default). Raises :class:`InvalidPresenceError` for a meta the
+        node refuses, :class:`TooManyMembersError` when the topic is full, and
+        :class:`PresenceError` otherwise (``not_member``, ``no_key``, ``timeout``).
+        """
+        meta = check_meta(topic, meta)
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.options.publish_timeout if timeout is None else timeout)
+        ch = self._channels.get(topic)
+        if ch is None or not ch.listeners:
+            raise PresenceError(topic, "not_member", "this client has not joined the topic")
+        async with ch.update_lock:
+            delay = 0.01
+            while True:
+                ws = await self._wait_joined(ch, deadline)
+                ref = self._next_ref()
+                text = encode_frame(
+                    ch.join_ref, ref, topic, "presence_update", meta, self.options.max_frame_bytes
+                )
+                try:
+                    status, response = await self._request(
+                        ws, ref, text, max(0.0, deadline - loop.time())
+                    )
+                except asyncio.TimeoutError:
+                    raise PresenceError(
+                        topic, "timeout", "the node did not answer the presence update in time"
+                    ) from None
+                except _Lost:
+                    continue  # sent again once the topic is joined again (or time runs out)
+                if status == "ok":
+                    ch.presence_param = meta
+                    return
+                reason = str(response.get("reason", json.dumps(response)))
+                if reason.startswith(_UPSTREAM_UNAVAILABLE):
+                    # Recorded on this node; the node writes it to its backend once it is back.
+                    log.warning("%s: presence updated on this node only: %s", topic, reason)
+                    ch.presence_param = meta
+                    return
+                retry = (_RATE_LIMITED, _UPDATE_IN_PROGRESS, _STALE_JOIN_REF, _UNMATCHED_TOPIC)
+                if reason.startswith(retry) and loop.time() + delay < deadline:
+                    await asyncio.sleep(delay)  # refused, so not recorded: sending again is safe
+                    delay = min(0.5, delay * 2)
+                    continue
+                raise presence_error(topic, reason) or PresenceError(
+                    topic, reason.replace(" ", "_"), reason
+                )
+
+    async def list_presence(self, topic: str, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /api/presence?topic=...`` with the API key: the node's answer as a dict."""
+        topic = validate_topic(topic, self.options.max_topic_bytes)
+        self._check_open()
+        return await asyncio.to_thread(
+            _http.list_presence,
+            self.base_url,
+            topic,
+            api_key=self.api_key,
+            timeout=self.options.publish_timeout if timeout is None else timeout,
+        )
 
     def position(self, topic: str) -> str | None:
         ch = self._channels.get(topic)
@@ -422,8 +596,8 @@ class Connection:
             heartbeat.cancel()
             rejoin.cancel()
             self._fail_pending(_Lost())
-            for ch in self._channels.values():
-                ch.presence.reset()
+            # Presence lists stay as they were (phoenix.js keeps them too); each rejoin's
+            # presence_state syncs them, members gone meanwhile leaving.
             if not self._closed:
                 log.warning(
                     "lost the connection to %s (close %s %r); reconnecting",
@@ -503,8 +677,11 @@ class Connection:
             gen = self._gen
             ref = self._next_ref()
             since = ch.position if ch.history and ch.joined_once else None
-            payload = {"since": str(since)} if since is not None else {}
+            payload: dict[str, Any] = {"since": str(since)} if since is not None else {}
+            if ch.presence_param is not None:
+                payload["presence"] = ch.presence_param
             ch.join_ref = ref
+            ch.presence_synced.clear()  # diffs now wait for this join's presence_state
             text = dumps([ref, ref, ch.topic, "phx_join", payload])
             on_reply = functools.partial(self._on_join_reply, ch, gen, ref, since)
             try:
@@ -536,6 +713,7 @@ class Connection:
         resuming = ch.joined_once
         ch.joined_gen = gen
         ch.joined_once = True
+        self._notify()
         upstream = response.get("upstream") != "unavailable"
         if not upstream:
             log.warning(
@@ -561,12 +739,85 @@ class Connection:
                 gap = Gap(ch.topic, "not_recovered", str(since) if since else None, str(position))
                 ch.position = position
         if gap is not None:
-            log.warning("%s", gap.describe())
+            if not ch.listeners or any(getattr(x, "reads_messages", True) for x in ch.listeners):
+                log.warning("%s", gap.describe())  # not for a topic only followed for presence
             for listener in list(ch.listeners):
                 try:
                     listener.on_gap(gap)
                 except Exception:
                     log.exception("a listener of %s failed on a gap", ch.topic)
+
+    async def _join_presence_locked(self, ch: _Channel, meta: Meta | None, deadline: float) -> bool:
+        """Joins ``ch`` with the presence parameter; True when ``meta`` went with the join."""
+        loop = asyncio.get_running_loop()
+        previous = ch.presence_param
+        if meta is not None:
+            ch.presence_param = meta
+        elif previous is None and self.has_presence_key:
+            # {} means "no meta" to the node, and makes it refuse the join at once when the
+            # topic has no presence (nothing tells an observer's join that).
+            ch.presence_param = {}
+        try:
+            await self._join_locked(ch, max(0.0, deadline - loop.time()))
+            return meta is not None
+        except JoinError as exc:
+            ch.presence_param = previous
+            error = presence_error(ch.topic, exc.reason)
+            if error is None:
+                raise
+            if meta is None and error.code == "no_key" and previous is None:
+                # No key after all (a token without sub?): join as an observer.
+                await self._join_locked(ch, max(0.0, deadline - loop.time()))
+                return False
+            raise error from None
+
+    async def _wait_presence_state(self, ch: _Channel, deadline: float, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not (self._channels.get(ch.topic) is ch and self.presence_synced(ch.topic)):
+            self._check_open()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                if self.joined(ch.topic):
+                    raise NoPresenceError(
+                        ch.topic,
+                        f"joined, but the node sent no presence_state within {timeout}s: the "
+                        "topic tracks no presence (presence = true in its namespace turns it on)",
+                    )
+                raise PresenceError(
+                    ch.topic, "timeout", f"the topic was not joined within {timeout}s"
+                )
+            waiting = asyncio.ensure_future(ch.presence_synced.wait())
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait(
+                    (waiting, changed), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiting.cancel()
+                changed.cancel()
+
+    async def _wait_joined(self, ch: _Channel, deadline: float) -> ClientConnection:
+        """The socket once ``ch`` is joined on it, waiting for a reconnect and rejoin."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._check_open()
+            if self._channels.get(ch.topic) is not ch:
+                raise PresenceError(ch.topic, "not_member", "this client left the topic")
+            ws = self._ws
+            if ws is not None and ch.joined_gen == self._gen:
+                return ws
+            if self._runner is None or self._runner.done():
+                self._runner = loop.create_task(self._run())
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise PresenceError(
+                    ch.topic, "timeout", "the topic was not joined again in time for the update"
+                )
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
 
     async def _rejoin_all(self, gen: int) -> None:
         channels = [ch for ch in self._channels.values() if self._wanted(ch)]
@@ -591,6 +842,17 @@ class Connection:
                 except JoinError as exc:
                     if gen != self._gen:
                         return
+                    error = presence_error(ch.topic, exc.reason)
+                    if ch.presence_param is not None and isinstance(
+                        error, (InvalidPresenceError, NoPresenceError)
+                    ):
+                        # The node's configuration changed (presence off, a smaller meta
+                        # bound): stay on the topic without the meta rather than not at all.
+                        log.warning("%s; rejoining without the presence meta", error)
+                        ch.presence_param = None
+                        if isinstance(error, NoPresenceError):
+                            ch.presence.reset()
+                        continue
                     log.warning("rejoining failed, will retry: %s", exc)
             attempt += 1
             ceiling = min(self.options.reconnect_max, 0.1 * 2 ** (attempt - 1))
@@ -719,6 +981,31 @@ class Connection:
 
     # --- reading ---------------------------------------------------------------------------
 
+    def _on_presence(self, ch: _Channel, frame: Frame) -> None:
+        if frame.join_ref is not None and frame.join_ref != ch.join_ref:
+            return  # about an earlier membership of the topic (phoenix.js drops those too)
+        changes: list[PresenceChange] | None
+        if frame.event == "presence_state":
+            changes = ch.presence.on_state(frame.payload, ch.join_ref)
+            ch.presence_synced.set()
+        else:
+            changes = ch.presence.on_diff(frame.payload, ch.join_ref)
+        if changes is None:
+            return  # held until this join's presence_state
+        for listener in list(ch.listeners):
+            self._tell_presence(ch, listener, changes)
+
+    def _tell_presence(self, ch: _Channel, listener: Listener, changes: list[PresenceChange]) -> None:
+        """Listeners with an ``on_presence(changes)`` method (:class:`Presence`) are told of
+        each sync of the list; the others are not."""
+        hook = getattr(listener, "on_presence", None)
+        if hook is None:
+            return
+        try:
+            hook(changes)
+        except Exception:
+            log.exception("a presence listener of %s failed", ch.topic)
+
     def _dispatch(self, frame: Frame) -> None:
         event = frame.event
         if event == "phx_reply":
@@ -744,14 +1031,10 @@ class Connection:
             if frame.join_ref is not None and frame.join_ref == ch.join_ref and ch.joined_gen == self._gen:
                 log.warning("the node closed %s (%s); rejoining", frame.topic, event)
                 ch.joined_gen = -1
-                ch.presence.reset()
                 self._spawn(self._rejoin(ch, self._gen))
             return
         if event in PRESENCE_EVENTS:
-            if event == "presence_state":
-                ch.presence.sync_state(frame.payload)
-            else:
-                ch.presence.sync_diff(frame.payload)
+            self._on_presence(ch, frame)
             return
         position_text = frame.ref
         if position_text is not None:
@@ -768,6 +1051,62 @@ class Connection:
                 listener.on_message(message)
             except Exception:
                 log.exception("a listener of %s failed", frame.topic)
+
+
+def check_user(user: object) -> str | None:
+    """``user`` if the node takes it as a presence key, else :class:`ValueError`."""
+    if user is None:
+        return None
+    if not isinstance(user, str):
+        raise ValueError(f"user must be a str, not {type(user).__name__}")
+    if not user:
+        raise ValueError("user must not be empty (leave it out to join presence topics as an observer)")
+    size = len(user.encode("utf-8"))
+    if size > MAX_PRESENCE_KEY_BYTES:
+        raise ValueError(
+            f"user is {size} bytes; the node's limit for a presence key is {MAX_PRESENCE_KEY_BYTES}"
+        )
+    return user
+
+
+def check_meta(topic: str, meta: object) -> Meta:
+    """A copy of ``meta`` as the node will read it, or :class:`InvalidPresenceError`."""
+    if not isinstance(meta, dict):
+        raise InvalidPresenceError(
+            topic, f"a presence meta is a dict (a JSON object), not {type(meta).__name__}"
+        )
+    for field_name in meta:
+        if not isinstance(field_name, str):
+            raise InvalidPresenceError(topic, f"the meta's field names are str, not {field_name!r}")
+        if field_name.startswith("phx_"):
+            raise InvalidPresenceError(
+                topic, f"the field {field_name!r} is reserved (phx_ fields belong to the protocol)"
+            )
+    try:
+        copied: Meta = json.loads(dumps(meta))
+    except Exception as exc:  # InvalidMessageError
+        raise InvalidPresenceError(topic, str(exc)) from None
+    return copied
+
+
+def presence_error(topic: str, reason: str) -> PresenceError | None:
+    """The exception a presence-related refusal means (``None`` for any other reason)."""
+    if reason.startswith("invalid presence: this topic tracks no presence"):
+        return NoPresenceError(topic, reason)
+    if reason.startswith("invalid presence: this socket has no presence key"):
+        return PresenceError(topic, "no_key", reason)
+    if reason.startswith("invalid presence") or reason == "payload must be a JSON object":
+        return InvalidPresenceError(topic, reason)
+    if reason.startswith("too many members"):
+        match = re.search(r"limit of (\d+)", reason)
+        return TooManyMembersError(topic, reason, limit=int(match.group(1)) if match else None)
+    if reason == "the topic is full":
+        return TooManyMembersError(topic, reason)
+    if reason.startswith("presence unavailable"):
+        return PresenceError(topic, "unavailable", reason)
+    if reason in ("not a presence member of this topic", "left the topic"):
+        return PresenceError(topic, "not_member", reason)
+    return None
 
 
 def _error_message(body: bytes | bytearray | None) -> str:

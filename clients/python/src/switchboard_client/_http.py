@@ -1,4 +1,5 @@
-"""``POST /api/publish`` with the standard library (no HTTP dependency).
+"""``POST /api/publish`` and ``GET /api/presence`` with the standard library (no HTTP
+dependency).
 
 Blocking; the async paths run it in a worker thread with ``asyncio.to_thread``.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -17,10 +19,12 @@ from .errors import (
     InvalidMessageError,
     InvalidTopicError,
     MessageTooLargeError,
+    NoPresenceError,
+    PresenceError,
     PublishError,
 )
 
-__all__ = ["publish"]
+__all__ = ["list_presence", "publish"]
 
 
 def publish(
@@ -45,26 +49,9 @@ def publish(
         f"{base_url}/api/publish", data=body, headers=headers, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status = response.status
-            text = response.read()
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-        try:
-            text = exc.read()
-        finally:
-            exc.close()
-    except (TimeoutError, socket.timeout):
-        raise PublishError(
-            topic, "timeout", f"no answer from {base_url} within {timeout}s"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise PublishError(
-                topic, "timeout", f"no answer from {base_url} within {timeout}s"
-            ) from None
-        raise PublishError(topic, "unreachable", f"{base_url}: {reason}") from None
+        status, text = _call(request, base_url, timeout)
+    except _TransportError as exc:
+        raise PublishError(topic, exc.code, exc.message) from None
 
     answer = _json_object(text)
     if status == 200 and answer.get("ok") is True:
@@ -97,6 +84,73 @@ def publish(
         recipients=recipients,
         status=status,
     )
+
+
+def list_presence(
+    base_url: str, topic: str, *, api_key: str | None, timeout: float
+) -> dict[str, Any]:
+    """``GET /api/presence?topic=...``: the node's answer, ``{"topic", "keys", "members",
+    "presences": {key: {"metas": [...]}}}``.
+
+    Raises :class:`NoPresenceError` (404 ``no_presence``), :class:`PresenceError` for
+    anything else that is not a list (``unauthorized``, ``unavailable``, ``unreachable``,
+    ``timeout``, ...) and :class:`InvalidTopicError` for a 400.
+    """
+    query = urllib.parse.urlencode({"topic": topic})
+    headers = {"accept": "application/json"}
+    if api_key is not None:
+        headers["authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"{base_url}/api/presence?{query}", headers=headers)
+    try:
+        status, text = _call(request, base_url, timeout)
+    except _TransportError as exc:
+        raise PresenceError(topic, exc.code, exc.message) from None
+    answer = _json_object(text)
+    if status == 200 and isinstance(answer.get("presences"), dict):
+        return answer
+    raw_error = answer.get("error")
+    error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+    code = str(error.get("code", f"http_{status}"))
+    message = str(error.get("message", text[:200].decode("utf-8", "replace")))
+    if status == 400 and code == "invalid_topic":
+        raise InvalidTopicError(topic, message)
+    if status == 404 and code == "no_presence":
+        raise NoPresenceError(topic, message, status=status)
+    if code == "presence_unavailable":
+        code = "unavailable"
+    raise PresenceError(topic, code, message, status=status)
+
+
+class _TransportError(Exception):
+    """No HTTP answer: ``code`` is ``timeout`` or ``unreachable``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _call(request: urllib.request.Request, base_url: str, timeout: float) -> tuple[int, bytes]:
+    """The status and body of the node's answer, whatever the status."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status: int = response.status
+            text: bytes = response.read()
+            return status, text
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, exc.read()
+        finally:
+            exc.close()
+    except (TimeoutError, socket.timeout):
+        raise _TransportError("timeout", f"no answer from {base_url} within {timeout}s") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise _TransportError(
+                "timeout", f"no answer from {base_url} within {timeout}s"
+            ) from None
+        raise _TransportError("unreachable", f"{base_url}: {reason}") from None
 
 
 def _json_object(text: bytes) -> dict[str, Any]:

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from .errors import InvalidEventError, InvalidMessageError, InvalidTopicError, MessageTooLargeError
 
@@ -142,74 +143,194 @@ class Position:
         return other is None or other.epoch != self.epoch or self.offset > other.offset
 
 
-# --- presence ---------------------------------------------------------------------------------
 
-PresenceMap = dict[str, list[dict[str, Any]]]
+# --- presence ---------------------------------------------------------------------------------
+#
+# phoenix.js' ``Presence.syncState`` / ``Presence.syncDiff`` (``assets/js/phoenix/presence.js``
+# of the ``phoenix`` npm package, 1.8), ported line for line, and the ``Presence`` class's
+# handling of the two events: diffs that arrive while the list is not in sync with the
+# channel's current join wait for that join's ``presence_state``. A key's presence is kept as
+# its list of metas (phoenix.js keeps ``{metas: [...]}``); every other difference is in names
+# only. ``tests/test_presence_vectors.py`` replays sequences recorded from phoenix.js itself.
+
+Meta = dict[str, Any]
+"""One member's meta: the node's fields (``info`` over the join's ``presence``) and
+``phx_ref`` (plus ``phx_ref_prev`` in the diff of a meta update)."""
+
+PresenceMap = dict[str, list[Meta]]
+"""A presence list: ``{key: [meta, ...]}``, one meta per joined socket of that key."""
+
+
+class PresenceChange(NamedTuple):
+    """One call phoenix.js makes to ``onJoin`` or ``onLeave`` while syncing.
+
+    - ``kind == "join"``: ``current`` is the key's metas before the join (``None`` when the
+      key was absent), ``metas`` the joined ones.
+    - ``kind == "leave"``: ``current`` is the key's metas that remain (``[]`` when the key is
+      gone), ``metas`` the ones that left.
+    """
+
+    kind: Literal["join", "leave"]
+    key: str
+    current: list[Meta] | None
+    metas: list[Meta]
+
+
+def parse_presences(value: Any) -> PresenceMap:
+    """``{key: {"metas": [...]}}`` (a ``presence_state``, or a diff's ``joins``/``leaves``)
+    as ``{key: [meta, ...]}``, skipping malformed entries (never raises)."""
+    if not isinstance(value, dict):
+        return {}
+    out: PresenceMap = {}
+    for key, entry in value.items():
+        metas = entry.get("metas") if isinstance(entry, dict) else None
+        if isinstance(metas, list):
+            out[str(key)] = [m for m in metas if isinstance(m, dict)]
+    return out
+
+
+def _ref(meta: Meta) -> Any:
+    return meta.get("phx_ref")
+
+
+def _clone(metas: list[Meta]) -> list[Meta]:
+    return copy.deepcopy(metas)
+
+
+def sync_state(
+    state: PresenceMap, new_state: PresenceMap, changes: list[PresenceChange] | None = None
+) -> PresenceMap:
+    """``Presence.syncState(currentState, newState, onJoin, onLeave)``: the new list, with the
+    joins and leaves that turn ``state`` into ``new_state`` appended to ``changes``. Neither
+    argument is modified."""
+    state = dict(state)  # lists and metas are never changed in place, only replaced
+    joins: PresenceMap = {}
+    leaves: PresenceMap = {}
+    for key, metas in state.items():
+        if key not in new_state:
+            leaves[key] = metas
+    for key, new_metas in new_state.items():
+        current = state.get(key)
+        if current is not None:
+            new_refs = [_ref(m) for m in new_metas]
+            cur_refs = [_ref(m) for m in current]
+            joined = [m for m in new_metas if _ref(m) not in cur_refs]
+            left = [m for m in current if _ref(m) not in new_refs]
+            if joined:
+                joins[key] = joined
+            if left:
+                leaves[key] = left
+        else:
+            joins[key] = new_metas
+    return sync_diff(state, joins, leaves, changes)
+
+
+def sync_diff(
+    state: PresenceMap,
+    joins: PresenceMap,
+    leaves: PresenceMap,
+    changes: list[PresenceChange] | None = None,
+) -> PresenceMap:
+    """``Presence.syncDiff(state, {joins, leaves}, onJoin, onLeave)``: joins first, then
+    leaves. Updates and returns ``state`` (replacing its lists, never changing one in place);
+    the calls phoenix.js would make to ``onJoin`` and ``onLeave`` are appended to
+    ``changes``, with copies of their arguments as they were at the call."""
+    for key, new_metas in joins.items():
+        current = state.get(key)
+        metas = list(new_metas)
+        if current is not None:
+            joined_refs = [_ref(m) for m in metas]
+            metas = [m for m in current if _ref(m) not in joined_refs] + metas
+        state[key] = metas
+        if changes is not None:
+            before = _clone(current) if current is not None else None
+            changes.append(PresenceChange("join", key, before, _clone(new_metas)))
+    for key, left_metas in leaves.items():
+        current = state.get(key)
+        if current is None:
+            continue
+        refs_to_remove = [_ref(m) for m in left_metas]
+        remaining = [m for m in current if _ref(m) not in refs_to_remove]
+        state[key] = remaining
+        if changes is not None:
+            changes.append(PresenceChange("leave", key, _clone(remaining), _clone(left_metas)))
+        if not remaining:
+            del state[key]
+    return state
 
 
 class PresenceState:
-    """Who is present on a topic: ``{key: [meta, ...]}`` (each meta carries ``phx_ref``).
+    """One topic's list as phoenix.js' ``Presence`` keeps it on a channel.
 
-    ``presence_state`` replaces the state; ``presence_diff`` adds ``joins`` and removes
-    ``leaves`` by ``phx_ref``. Diffs that arrive before the first state are held and applied
-    after it, as phoenix.js does.
+    ``presence_state`` syncs the list to the new one (``syncState``: members missing from it
+    leave, new ones join, so a state after a rejoin leaves no member of the old connection
+    behind); ``presence_diff`` applies joins then leaves. A diff that arrives while the list
+    is not in sync with the channel's current join (before the first state, or after a rejoin
+    was sent and before its state) waits for that state and is applied right after it.
     """
 
     def __init__(self) -> None:
-        self._state: PresenceMap | None = None
+        self._state: PresenceMap = {}
+        self._known = False
+        self._join_ref: str | None = None
         self._pending: list[Any] = []
 
     @property
     def known(self) -> bool:
-        """True once the node sent a ``presence_state`` for this topic."""
-        return self._state is not None
+        """True once a ``presence_state`` arrived (the node offers presence on the topic)."""
+        return self._known
+
+    @property
+    def join_ref(self) -> str | None:
+        """The channel's join the list was last synced for (phoenix.js' ``joinRef``)."""
+        return self._join_ref
+
+    def synced(self, join_ref: str | None) -> bool:
+        """True when the list is in sync with the channel's join ``join_ref``."""
+        return self._known and self._join_ref == join_ref
+
+    @property
+    def state(self) -> PresenceMap:
+        """The list itself (not a copy: read it, do not change it)."""
+        return self._state
 
     def snapshot(self) -> PresenceMap | None:
-        if self._state is None:
+        """A copy of the list, or ``None`` while no ``presence_state`` ever arrived."""
+        if not self._known:
             return None
-        return {key: [dict(meta) for meta in metas] for key, metas in self._state.items()}
+        return {key: _clone(metas) for key, metas in self._state.items()}
 
     def reset(self) -> None:
-        """Forget everything (the membership ended; a rejoin gets a fresh state)."""
-        self._state = None
+        """Forget everything: the topic no longer offers presence."""
+        self._state = {}
+        self._known = False
+        self._join_ref = None
         self._pending = []
 
-    def sync_state(self, payload: Any) -> None:
-        self._state = {}
-        for key, entry in _entries(payload):
-            self._state[key] = list(entry)
+    def on_state(self, payload: Any, join_ref: str | None) -> list[PresenceChange]:
+        """A ``presence_state`` arrived while the channel's join is ``join_ref``."""
+        changes: list[PresenceChange] = []
+        self._join_ref = join_ref
+        self._known = True
+        self._state = sync_state(self._state, parse_presences(payload), changes)
         pending, self._pending = self._pending, []
         for diff in pending:
-            self.sync_diff(diff)
+            self._apply(diff, changes)
+        return changes
 
-    def sync_diff(self, payload: Any) -> None:
-        if self._state is None:
+    def on_diff(self, payload: Any, join_ref: str | None) -> list[PresenceChange] | None:
+        """A ``presence_diff`` arrived while the channel's join is ``join_ref``: the changes
+        it made, or ``None`` when it waits for that join's state."""
+        if not self.synced(join_ref):
             self._pending.append(payload)
-            return
-        if not isinstance(payload, dict):
-            return
-        for key, joined in _entries(payload.get("joins")):
-            joined_refs = {m.get("phx_ref") for m in joined}
-            kept = [m for m in self._state.get(key, []) if m.get("phx_ref") not in joined_refs]
-            self._state[key] = kept + list(joined)
-        for key, left in _entries(payload.get("leaves")):
-            if key not in self._state:
-                continue
-            left_refs = {m.get("phx_ref") for m in left}
-            remaining = [m for m in self._state[key] if m.get("phx_ref") not in left_refs]
-            if remaining:
-                self._state[key] = remaining
-            else:
-                del self._state[key]
+            return None
+        changes: list[PresenceChange] = []
+        self._apply(payload, changes)
+        return changes
 
-
-def _entries(value: Any) -> list[tuple[str, list[dict[str, Any]]]]:
-    """``{key: {"metas": [...]}}`` as ``[(key, metas)]``, skipping malformed entries."""
-    if not isinstance(value, dict):
-        return []
-    out: list[tuple[str, list[dict[str, Any]]]] = []
-    for key, entry in value.items():
-        metas = entry.get("metas") if isinstance(entry, dict) else None
-        if isinstance(metas, list):
-            out.append((str(key), [m for m in metas if isinstance(m, dict)]))
-    return out
+    def _apply(self, diff: Any, changes: list[PresenceChange]) -> None:
+        if not isinstance(diff, dict):
+            diff = {}
+        joins = parse_presences(diff.get("joins"))
+        leaves = parse_presences(diff.get("leaves"))
+        self._state = sync_diff(self._state, joins, leaves, changes)

@@ -31,6 +31,7 @@ from . import _http
 from ._connection import Connection, Options, PublishVia, Token
 from ._phoenix import dumps, validate_topic
 from .errors import ClosedError, ConfigurationError, ConnectError, PublishError
+from .presence import PresenceSnapshot
 from .protocols import PubSubClient
 from .types import Gap, Message
 
@@ -73,12 +74,14 @@ class SwitchboardClient(PubSubClient):
         heartbeat_interval: float = 30.0,
         connect_timeout: float = 10.0,
         publish_timeout: float = 5.0,
+        user: str | None = None,
     ) -> None:
         self._connection = Connection(
             url,
             token=token,
             api_key=api_key,
             publish_via=publish_via,
+            user=user,
             options=Options(
                 heartbeat_interval=heartbeat_interval,
                 connect_timeout=connect_timeout,
@@ -180,6 +183,22 @@ class SwitchboardClient(PubSubClient):
                 except Exception:
                     log.debug("unsubscribing from %s failed", topic, exc_info=True)
 
+    def fetch_presence(self, channel: str, *, timeout: float | None = None) -> PresenceSnapshot:
+        """Who is on ``channel`` on every node (``GET /api/presence`` with ``api_key``;
+        blocking); see :meth:`SwitchboardGateway.fetch_presence
+        <switchboard_client.SwitchboardGateway.fetch_presence>`."""
+        connection = self._connection
+        topic = validate_topic(channel, connection.options.max_topic_bytes)
+        if self._closed:
+            raise ClosedError("the client was closed")
+        answer = _http.list_presence(
+            connection.base_url,
+            topic,
+            api_key=connection.api_key,
+            timeout=connection.options.publish_timeout if timeout is None else timeout,
+        )
+        return PresenceSnapshot.from_answer(topic, answer)
+
     def close(self) -> None:
         """Closes the connection and stops the background thread; idempotent."""
         with self._lock:
@@ -234,7 +253,8 @@ def get_default_client(environ: Mapping[str, str] | None = None) -> SwitchboardC
 
     - ``SWITCHBOARD_URL`` (required): the node's base URL, e.g. ``http://127.0.0.1:4000``.
     - ``SWITCHBOARD_TOKEN``: connect token; ``SWITCHBOARD_API_KEY``: the node's API key
-      (publishing then goes over HTTP); ``SWITCHBOARD_PUBLISH_VIA``: ``socket`` or ``http``.
+      (publishing then goes over HTTP); ``SWITCHBOARD_PUBLISH_VIA``: ``socket`` or ``http``;
+      ``SWITCHBOARD_USER``: the socket's presence key on an open node (``user=``).
     - ``PUBSUB_BACKEND``: unset or ``switchboard``. The seed's ``redis`` / ``postgres`` chose
       what this process connected to, with a silent fallback from Redis to PostgreSQL. With
       Switchboard the process connects only to the node; which engine links the nodes is the
@@ -265,6 +285,7 @@ def get_default_client(environ: Mapping[str, str] | None = None) -> SwitchboardC
             token=env.get("SWITCHBOARD_TOKEN") or None,
             api_key=env.get("SWITCHBOARD_API_KEY") or None,
             publish_via="http" if via == "http" else "socket" if via == "socket" else None,
+            user=env.get("SWITCHBOARD_USER") or None,
         )
     except ValueError as exc:
-        raise ConfigurationError(f"SWITCHBOARD_URL={url!r}: {exc}") from None
+        raise ConfigurationError(f"SWITCHBOARD_URL={url!r} / SWITCHBOARD_USER: {exc}") from None

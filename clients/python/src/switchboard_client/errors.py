@@ -22,6 +22,13 @@ exception                       raised when
                                 timeout)
 :class:`MessagesLostError`      ``get_message()`` reached a gap that could not be recovered,
                                 with ``raise_on_gap=True``
+:class:`PresenceError`          the node refused a presence join or update, or could not
+                                list a topic's members (``code`` says why)
+:class:`InvalidPresenceError`   a presence meta the node refuses: not a JSON object, a
+                                ``phx_`` field, over the node's size limit
+:class:`NoPresenceError`        the topic tracks no presence (``presence = true`` is not set
+                                for its namespace)
+:class:`TooManyMembersError`    the topic has its node's limit of presence members
 ==============================  ==========================================================
 
 "Outage" errors are :class:`ConnectError` and :class:`PublishError`: the producer paths
@@ -42,12 +49,16 @@ __all__ = [
     "ConnectError",
     "InvalidEventError",
     "InvalidMessageError",
+    "InvalidPresenceError",
     "InvalidTopicError",
     "JoinError",
     "MessageTooLargeError",
     "MessagesLostError",
+    "NoPresenceError",
+    "PresenceError",
     "PublishError",
     "SwitchboardError",
+    "TooManyMembersError",
 ]
 
 
@@ -149,3 +160,56 @@ class MessagesLostError(SwitchboardError):
     def __init__(self, gap: Gap) -> None:
         super().__init__(gap.describe())
         self.gap = gap
+
+
+class PresenceError(SwitchboardError):
+    """The node refused a presence join or update, or could not list a topic's members.
+
+    ``code`` says why, ``reason`` is the node's own words (or the client's, for the client's
+    codes):
+
+    - ``invalid_meta`` (:class:`InvalidPresenceError`), ``no_presence``
+      (:class:`NoPresenceError`), ``too_many_members`` (:class:`TooManyMembersError`);
+    - ``no_key``: the socket has no presence key, so it cannot say anything about itself
+      (connect with a token, whose ``sub`` is the key, or on an open node with ``user=``);
+    - ``not_member``: the socket is not (or no longer) a member of the topic;
+    - ``unavailable``: the node cannot read or write the topic's members now (its
+      Redis/PostgreSQL is unreachable; HTTP 503 ``presence_unavailable``);
+    - ``unauthorized`` (HTTP 401: a missing or wrong API key), ``unreachable``, ``timeout``,
+      ``connection_lost``, or another code the node answered.
+
+    ``status`` is the HTTP status for :meth:`~switchboard_client.SwitchboardGateway.fetch_presence`.
+    """
+
+    def __init__(self, topic: str, code: str, reason: str, *, status: int | None = None) -> None:
+        super().__init__(f"presence on {topic!r} failed ({code}): {reason}")
+        self.topic = topic
+        self.code = code
+        self.reason = reason
+        self.status = status
+
+
+class InvalidPresenceError(PresenceError, ValueError):
+    """A presence meta the node refuses (or would): not a JSON object, a ``phx_`` field (they
+    belong to the protocol), or over the node's ``--presence-max-meta-bytes`` (1024 by
+    default, merged with the token's ``info``)."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(topic, "invalid_meta", reason)
+
+
+class NoPresenceError(PresenceError):
+    """The topic tracks no presence: its namespace has no ``presence = true`` in the node's
+    configuration (a join with a meta is refused; ``GET /api/presence`` answers 404)."""
+
+    def __init__(self, topic: str, reason: str, *, status: int | None = None) -> None:
+        super().__init__(topic, "no_presence", reason, status=status)
+
+
+class TooManyMembersError(PresenceError):
+    """The topic has the node's ``--presence-max-members`` members (across every node);
+    ``limit`` is that bound when the node said it."""
+
+    def __init__(self, topic: str, reason: str, *, limit: int | None = None) -> None:
+        super().__init__(topic, "too_many_members", reason)
+        self.limit = limit

@@ -26,8 +26,9 @@ from typing import Any
 from uuid import UUID
 
 from ._connection import Connection, Options, PublishVia, Token
-from ._phoenix import PresenceMap, validate_topic
+from ._phoenix import Meta, PresenceMap, validate_topic
 from .errors import ClosedError, ConnectError, InvalidTopicError, MessagesLostError, PublishError
+from .presence import JoinCallback, LeaveCallback, Presence, PresenceSnapshot, SyncCallback
 from .types import Gap, Message
 
 __all__ = ["SwitchboardGateway", "SwitchboardSubscription"]
@@ -254,6 +255,11 @@ class SwitchboardGateway:
     chooses, and defaults to HTTP when an API key is given (a producer that publishes to
     many users' channels should: it needs no socket and no membership per channel).
     The WebSocket is opened only when first needed.
+
+    ``user`` names the socket on an open node (no ``--token-secret``): it is the socket's
+    presence key, so it is listed on the presence topics it joins (nodes with tokens take
+    the token's ``sub`` instead and ignore it). Without a token or ``user`` the socket joins
+    presence topics as an observer.
     """
 
     def __init__(
@@ -269,12 +275,14 @@ class SwitchboardGateway:
         connect_timeout: float = 10.0,
         publish_timeout: float = 5.0,
         max_frame_bytes: int = 65536,
+        user: str | None = None,
     ) -> None:
         self._connection = Connection(
             url,
             token=token,
             api_key=api_key,
             publish_via=publish_via,
+            user=user,
             options=Options(
                 heartbeat_interval=heartbeat_interval,
                 connect_timeout=connect_timeout,
@@ -335,6 +343,53 @@ class SwitchboardGateway:
         return SwitchboardSubscription(
             self, topic, max_queue=self._max_queue, raise_on_gap=self._raise_on_gap
         )
+
+    def join_presence(
+        self,
+        topic: str,
+        meta: Meta | None = None,
+        *,
+        on_join: JoinCallback | None = None,
+        on_leave: LeaveCallback | None = None,
+        on_sync: SyncCallback | None = None,
+        timeout: float | None = None,
+    ) -> Presence:
+        """The live presence list of ``topic``, joined with ``meta`` as what this socket says
+        about itself: ``async with gateway.join_presence("room:lobby", {"status": "online"})
+        as room:`` (or ``room = await gateway.join_presence(...)``, then ``await
+        room.leave()``). See :class:`~switchboard_client.Presence`.
+
+        ``meta`` is a JSON object without ``phx_`` fields (the node merges the token's
+        ``info`` over it); ``None`` says nothing. Joining raises
+        :class:`~switchboard_client.InvalidPresenceError`,
+        :class:`~switchboard_client.NoPresenceError`,
+        :class:`~switchboard_client.TooManyMembersError` or
+        :class:`~switchboard_client.JoinError`.
+        """
+        topic = validate_topic(topic, self._connection.options.max_topic_bytes)
+        if self._connection.closed:
+            raise ClosedError("the gateway was closed")
+        return Presence(
+            self._connection,
+            topic,
+            meta,
+            on_join=on_join,
+            on_leave=on_leave,
+            on_sync=on_sync,
+            timeout=timeout,
+        )
+
+    async def fetch_presence(self, topic: str, *, timeout: float | None = None) -> PresenceSnapshot:
+        """Who is on ``topic`` on every node, now: ``GET /api/presence`` with the gateway's
+        ``api_key`` (no socket, no membership; for backends).
+
+        Raises :class:`~switchboard_client.NoPresenceError` when the topic tracks no
+        presence and :class:`~switchboard_client.PresenceError` otherwise (``code``:
+        ``unauthorized`` without the right API key, ``unavailable`` when the node cannot read
+        its backend, ``unreachable``, ``timeout``).
+        """
+        answer = await self._connection.list_presence(topic, timeout)
+        return PresenceSnapshot.from_answer(topic, answer)
 
     async def close(self) -> None:
         """Closes every subscription and the connection."""

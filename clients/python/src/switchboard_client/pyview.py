@@ -20,6 +20,7 @@ from typing import Any
 
 from ._connection import Connection, Options, PublishVia, Token
 from ._phoenix import PresenceMap, validate_topic
+from .presence import PresenceSnapshot
 from .errors import ConnectError, PublishError
 from .types import Gap, Message
 
@@ -80,12 +81,14 @@ class SwitchboardPubSub:
         connect_timeout: float = 10.0,
         publish_timeout: float = 5.0,
         max_frame_bytes: int = 65536,
+        user: str | None = None,
     ) -> None:
         self._connection = Connection(
             url,
             token=token,
             api_key=api_key,
             publish_via=publish_via,
+            user=user,
             options=Options(
                 heartbeat_interval=heartbeat_interval,
                 connect_timeout=connect_timeout,
@@ -180,6 +183,13 @@ class SwitchboardPubSub:
     def presence(self, topic: str) -> PresenceMap | None:
         """Who is present on a subscribed topic, or None while the node sends no presence."""
         return self._connection.presence(topic)
+
+    async def fetch_presence(self, topic: str, *, timeout: float | None = None) -> PresenceSnapshot:
+        """Who is on ``topic`` on every node (``GET /api/presence`` with ``api_key``); see
+        :meth:`SwitchboardGateway.fetch_presence
+        <switchboard_client.SwitchboardGateway.fetch_presence>`."""
+        answer = await self._connection.list_presence(topic, timeout)
+        return PresenceSnapshot.from_answer(topic, answer)
 
     def subscribers(self, topic: str) -> list[str]:
         """The local sessions subscribed to ``topic``."""
