@@ -790,6 +790,18 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_is_relayed_as_sent_even_with_a_lone_surrogate() {
+        // JSON text a browser's JSON.parse accepts; `serde_json::Value` would refuse it, the
+        // raw payload keeps it byte for byte.
+        let text = r#"["1",null,"room:a","ev",{"k":"\ud66d\ude00"}]"#;
+        let frame = decode_request(text, MAX).unwrap();
+        assert_eq!(decode_request(&frame.encode(), MAX).unwrap(), frame);
+        let reserved = r#"["1",null,"__om:a","ev",{"k":"\ude00"}]"#;
+        let rejected = decode_request_addressed(reserved, MAX).unwrap_err();
+        assert_eq!(rejected.reply_to.unwrap().topic, "__om:a");
+    }
+
+    #[test]
     fn errors_read_well() {
         assert_eq!(
             request("[1]").unwrap_err().to_string(),
