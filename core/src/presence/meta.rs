@@ -180,6 +180,16 @@ fn object(json: &str, what: &'static str) -> Result<Map<String, Value>, MetaErro
 
 /// Appends `text` as a JSON string.
 pub(crate) fn push_json_string(out: &mut String, text: &str) {
+    if text
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
+    {
+        // Nothing to escape (keys and refs nearly always): no allocation.
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     // unwrap: a string always serializes.
     out.push_str(&serde_json::to_string(text).expect("a string serializes"));
 }
@@ -241,6 +251,23 @@ mod tests {
         Meta::empty().write_with_refs(&mut out, "r1", None);
         assert_eq!(out, r#"{"phx_ref":"r1"}"#);
         let _: Value = serde_json::from_str(&out).unwrap();
+    }
+
+    #[test]
+    fn strings_are_escaped_only_when_they_need_it() {
+        for text in [
+            "plain",
+            "",
+            "é €",
+            "quote\"",
+            "back\\slash",
+            "line\nbreak",
+            "\u{1}",
+        ] {
+            let mut out = String::new();
+            push_json_string(&mut out, text);
+            assert_eq!(out, serde_json::to_string(text).unwrap(), "{text:?}");
+        }
     }
 
     #[test]

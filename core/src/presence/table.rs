@@ -244,7 +244,26 @@ impl TopicPresence {
             return state.clone();
         }
         let mut out = String::with_capacity(self.members.len() * 64 + 2);
-        write_grouped(&mut out, self.members(), false);
+        // Members are kept grouped by key, in key order: written straight out.
+        out.push('{');
+        for (index, (key, refs)) in self.by_key.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, key);
+            out.push_str(r#":{"metas":["#);
+            let metas = refs
+                .iter()
+                .filter_map(|phx_ref| self.members.get(phx_ref).map(|m| (phx_ref, m)));
+            for (index, (phx_ref, member)) in metas.enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                member.meta.write_with_refs(&mut out, phx_ref, None);
+            }
+            out.push_str("]}");
+        }
+        out.push('}');
         // unwrap: as in take_diff.
         let state = Payload::from_json_string(out).expect("a state is valid JSON");
         self.state = Some(state.clone());
