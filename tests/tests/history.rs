@@ -125,15 +125,16 @@ async fn scenario(kind: Option<BackendKind>) {
         reply.payload()["response"],
         json!({ "position": format!("5:{stream}") })
     );
+    // The publishing node's own subscribers get them too (from the backend, like every node).
+    let mut publishers_node = a.connect().await;
+    let reply = publishers_node.join(topic).await;
+    assert_eq!(reply.status(), "ok", "{reply}");
     for n in 6..=8 {
         let _ = publish(a, topic, n).await;
     }
-    assert_eq!(
-        received(&mut live, topic, 3).await,
-        (6..=8)
-            .map(|n| (format!("{n}:{stream}"), n))
-            .collect::<Vec<_>>()
-    );
+    let expected: Vec<(String, u64)> = (6..=8).map(|n| (format!("{n}:{stream}"), n)).collect();
+    assert_eq!(received(&mut live, topic, 3).await, expected);
+    assert_eq!(received(&mut publishers_node, topic, 3).await, expected);
 
     // A client that last saw 5 gets 6, 7, 8 after its reply, in order, then live ones.
     let mut recovering = b.connect().await;

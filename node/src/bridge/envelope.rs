@@ -185,22 +185,20 @@ impl Format {
         }
     }
 
-    /// Decodes what arrived; `None` for this node's own echo.
+    /// Decodes what arrived; `None` for this node's own echo. A publication with history
+    /// (one with a position) is never an echo: every node delivers it from the backend, its
+    /// publisher's included, even when this node's own connection sent it (on PostgreSQL,
+    /// `switchboard_publish` notifies from the publishing connection).
     fn decode(&self, bytes: &[u8], from_self: bool) -> Option<Decoded> {
-        if from_self {
-            return None;
-        }
         let text = String::from_utf8_lossy(bytes);
         match self {
             Self::Switchboard { origin } => {
                 if let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(&text) {
                     if !envelope.switchboard.event.is_empty() {
                         let position = parse_position(envelope.switchboard.position);
-                        // A publication with history is delivered from the backend by every
-                        // node, its publisher's included.
-                        if position.is_none()
-                            && envelope.switchboard.origin == Some(origin.as_str())
-                        {
+                        let ours =
+                            from_self || envelope.switchboard.origin == Some(origin.as_str());
+                        if position.is_none() && ours {
                             return None;
                         }
                         return Some(Decoded {
@@ -215,7 +213,8 @@ impl Format {
                 if let Ok(message) = serde_json::from_str::<PyviewMessage<'_>>(&text) {
                     if message.topic.get().starts_with('"') {
                         let position = parse_position(message.position);
-                        if position.is_none() && message.origin == Some(origin.as_str()) {
+                        let ours = from_self || message.origin == Some(origin.as_str());
+                        if position.is_none() && ours {
                             return None;
                         }
                         let event = message
@@ -232,7 +231,7 @@ impl Format {
             }
             Self::PyviewBare => {}
         }
-        Some(raw(&text))
+        (!from_self).then(|| raw(&text))
     }
 }
 
@@ -323,6 +322,28 @@ mod tests {
         let received = switchboard("xyz").decode(text.as_bytes(), false).unwrap();
         assert_eq!(received.event, "new_msg");
         assert_eq!(received.payload, payload);
+    }
+
+    #[test]
+    fn a_publication_with_history_is_delivered_even_when_this_node_sent_it() {
+        // PostgreSQL's `switchboard_publish` notifies from this node's publishing connection,
+        // so the backend marks the notification as this node's own.
+        let format = switchboard("abc");
+        let text = r#"{"switchboard":{"event":"m","position":"7:e1"},"payload":{"n":1}}"#;
+        let decoded = format.decode(text.as_bytes(), true).unwrap();
+        assert_eq!(decoded.position, Some("7:e1".parse().unwrap()));
+        assert_eq!(decoded.payload.get(), r#"{"n":1}"#);
+        let ours = r#"{"switchboard":{"event":"m","origin":"abc","position":"7:e1"},"payload":1}"#;
+        assert!(format.decode(ours.as_bytes(), false).is_some());
+        // Without a position it is an echo, whichever way it is recognised.
+        let live = r#"{"switchboard":{"event":"m"},"payload":{"n":1}}"#;
+        assert_eq!(format.decode(live.as_bytes(), true), None);
+        assert_eq!(format.decode(b"{}", true), None, "a raw message");
+        let keyed = Format::new(EnvelopeFormat::Pyview, "redis", "me".into());
+        let text = r#"{"topic":"t","message":1,"event":"m","position":"3:e1"}"#;
+        assert!(keyed.decode(text.as_bytes(), true).is_some());
+        let text = r#"{"topic":"t","message":1,"event":"m"}"#;
+        assert_eq!(keyed.decode(text.as_bytes(), true), None);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! identical notifications sent in one transaction into one), with `synchronous_commit = off`:
 //! a notification is never durable, so waiting for the WAL flush would only slow it down.
 //! PostgreSQL says which backend process sent each notification, so this node recognises its
-//! own echo by the publishing connection's process id.
+//! own echo by the publishing connection's process id (except a publication with history,
+//! which every node delivers from the backend, its publisher's included).
 //!
 //! When a namespace keeps history the node installs its [tables and functions](history) on
 //! every connect, publishes those topics' messages with `SELECT switchboard_publish(...)` (in
