@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use switchboard_e2e::backend::{BackendKind, BackendServer};
 use switchboard_e2e::redis::wait_bridge_up;
 use switchboard_e2e::{http, Client, Node, PhxFrame as _};
+use tokio_postgres::SimpleQueryMessage;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -361,6 +362,27 @@ async fn postgres_producers_publish_with_history_in_their_transactions() {
     assert_eq!(position, format!("2:{stream}"));
     let frame = client.broadcast(topic, "message").await;
     assert_eq!(frame.position(), Some(position.as_str()));
+    // A transaction that recorded a position commits durably even in a session that does not
+    // wait for the WAL flush (as the node's publishing connection): a crash must not lose it
+    // and hand its position to another publication.
+    app.batch_execute("SET synchronous_commit = off")
+        .await
+        .expect("set");
+    for (topic, expected) in [(topic, "on"), ("room:1", "off")] {
+        let sql = format!(
+            "BEGIN; SELECT switchboard_publish('{topic}', '{{}}'::jsonb, 'm'); \
+             SHOW synchronous_commit; COMMIT;"
+        );
+        let rows = app.simple_query(&sql).await.expect("transaction");
+        let shown: Vec<&str> = rows
+            .iter()
+            .filter_map(|message| match message {
+                SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shown.last(), Some(&expected), "{topic}: {shown:?}");
+    }
     let refused = app
         .batch_execute("SELECT switchboard_publish('__redis__:x', '{}'::jsonb)")
         .await;

@@ -6,7 +6,13 @@
 //! gives the publication its position (locking the topic's stream row until the transaction
 //! ends, so offsets follow commit order), stores it, trims the topic's history to its size,
 //! and notifies it: a rolled-back transaction leaves neither history nor delivery, a
-//! committed one both. The functions carry the node's channel prefix and history rules, so
+//! committed one both. A position is a promise that the publication stays in the history, so
+//! a transaction that records one commits durably: `switchboard_publish` raises
+//! `synchronous_commit` from `off` (the node's publishing connection runs with it, see
+//! [`super`]) to `on` for that transaction. Otherwise a crash of the database loses the last
+//! commits already answered, and the stream's offsets count up again from before them in the
+//! same epoch: new publications at positions clients already saw, recovered as if nothing
+//! were missing. The functions carry the node's channel prefix and history rules, so
 //! every node sharing the database must be configured alike (the last one to connect
 //! installs its text).
 
@@ -110,6 +116,9 @@ BEGIN
   IF keep.size IS NULL THEN
     PERFORM pg_notify(ch, '{"switchboard":{' || meta || '},"payload":' || payload::text || '}');
     RETURN NULL;
+  END IF;
+  IF current_setting('synchronous_commit') = 'off' THEN
+    PERFORM set_config('synchronous_commit', 'on', true);
   END IF;
   INSERT INTO switchboard_streams AS s (channel, topic, "offset", epoch, touched)
     VALUES (ch, topic, 1, substr(md5(random()::text || clock_timestamp()::text), 1, 12), now())
