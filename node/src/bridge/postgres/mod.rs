@@ -419,9 +419,19 @@ impl Backend for PostgresBackend {
     fn ping(&self, link: &Rc<PgLink>) -> LocalBoxFuture<'static, Result<(), String>> {
         let link = Rc::clone(link);
         async move {
-            let (listening, publishing) = future::join(
+            // Quiet streams past their TTL: their rows go (the next publication starts a new
+            // epoch anyway). Pipelined with the probes, so a ping costs one round trip, not
+            // two: a slow link must not look dead. A failure here is not the link's.
+            let cleanup = async {
+                match &link.history {
+                    Some(_) => link.publisher.batch_execute(history::CLEANUP_SQL).await,
+                    None => Ok(()),
+                }
+            };
+            let (listening, publishing, cleaned) = future::join3(
                 link.listener.simple_query("SELECT 1"),
                 link.publisher.simple_query("SELECT 1"),
+                cleanup,
             )
             .await;
             listening
@@ -432,15 +442,8 @@ impl Backend for PostgresBackend {
                         .map(|_| ())
                         .map_err(|err| format!("publishing connection: {err}")),
                 )?;
-            if link.history.is_some() {
-                // Quiet streams past their TTL: their rows go (the next publication starts a
-                // new epoch anyway). A failure here is not the link's.
-                if let Err(err) = link.publisher.batch_execute(history::CLEANUP_SQL).await {
-                    if err.is_closed() {
-                        return Err(format!("publishing connection: {err}"));
-                    }
-                    debug!(%err, "history cleanup failed");
-                }
+            if let Err(err) = cleaned {
+                debug!(%err, "history cleanup failed");
             }
             Ok(())
         }
