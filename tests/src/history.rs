@@ -22,6 +22,13 @@
 //! same publisher on the same topic (`reordered`), or never published (`unexpected`).
 //! Deliveries of publishes answered with an error or not answered at all are allowed and
 //! counted.
+//!
+//! Recovering subscribers ([`crate::recovering`]) are judged without windows: they record
+//! what they did and saw per topic ([`History::recovering`]), the positions publishes were
+//! answered with are recorded too ([`History::answered_at`]), and [`crate::recovery::check`]
+//! decides — every publish answered ok delivered exactly once and in order across outages,
+//! unless the subscriber was told `recovered: false` for exactly the span it lost. Its
+//! [`Findings`] are part of the [`Report`] (`recovery`) and of [`Report::is_ok`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -34,6 +41,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::http::{self, KeepAlive};
+use crate::recovery::{self, Event, Findings, Logged};
 
 /// How many entries of each list a [`Report`] shows.
 const SHOWN: usize = 20;
@@ -309,6 +317,8 @@ pub struct Report {
     pub reordered: Vec<Reordered>,
     /// Delivered but never published (one entry per message and socket).
     pub unexpected: Vec<SocketMessage>,
+    /// What the recovering subscribers' check found (empty without them).
+    pub recovery: Findings,
 }
 
 impl Report {
@@ -319,13 +329,15 @@ impl Report {
             && self.duplicates.is_empty()
             && self.reordered.is_empty()
             && self.unexpected.is_empty()
+            && self.recovery.is_ok()
     }
 
     /// Panics with a readable summary (the first entries of each list) unless
     /// [`is_ok`](Self::is_ok).
     ///
     /// # Panics
-    /// When a message is missing, duplicated, reordered or unexpected.
+    /// When a message is missing, duplicated, reordered or unexpected, or the recovering
+    /// subscribers' check failed.
     pub fn assert_ok(&self) {
         assert!(self.is_ok(), "the history check failed:\n{self}");
     }
@@ -384,7 +396,11 @@ impl fmt::Display for Report {
         write_list(f, "reordered", &self.reordered, |r| {
             format!("{} (after #{})", r.message, r.after)
         })?;
-        write_list(f, "unexpected", &self.unexpected, ToString::to_string)
+        write_list(f, "unexpected", &self.unexpected, ToString::to_string)?;
+        if self.recovery.subscriptions > 0 {
+            write!(f, "{}", self.recovery)?;
+        }
+        Ok(())
     }
 }
 
@@ -395,6 +411,10 @@ struct Recorded {
     deliveries: Vec<Delivery>,
     memberships: Vec<Membership>,
     green: Option<GreenWindows>,
+    /// The position each publish with history was answered with, by (publisher, topic, seq).
+    answered: HashMap<(String, String, u64), String>,
+    /// What the recovering subscribers did and saw, in the order each recorded it.
+    recovering: Vec<Logged>,
 }
 
 /// The record of a test: publishes, deliveries, memberships and readiness. Its methods take
@@ -439,6 +459,31 @@ impl History {
             acked_at,
             ack,
         });
+    }
+
+    /// Records that publish `seq` of `publisher` on `topic` was answered with `position` (a
+    /// topic with history: `POST /api/publish` names it).
+    pub fn answered_at(&self, publisher: &str, topic: &str, seq: u64, position: &str) {
+        let _ = self.recorded().answered.insert(
+            (publisher.to_owned(), topic.to_owned(), seq),
+            position.to_owned(),
+        );
+    }
+
+    /// Records what recovering subscriber `socket` did or saw on `topic` (in the order it
+    /// handled them: see [`crate::recovery`]).
+    pub fn recovering(&self, socket: &str, topic: &str, event: Event) {
+        self.recorded().recovering.push(Logged {
+            socket: socket.to_owned(),
+            topic: topic.to_owned(),
+            event,
+        });
+    }
+
+    /// A copy of what the recovering subscribers recorded so far.
+    #[must_use]
+    pub fn recovering_log(&self) -> Vec<Logged> {
+        self.recorded().recovering.clone()
     }
 
     /// Records that `socket` received message `seq` of `publisher` on `topic` at `at`.
@@ -596,6 +641,11 @@ impl History {
             }
         }
         report.missing.sort();
+        report.recovery = recovery::check(
+            &recorded.recovering,
+            &recorded.publishes,
+            &recorded.answered,
+        );
         report
     }
 }
@@ -771,7 +821,10 @@ async fn sample_loop(
 }
 
 /// One node's reconnect counter when it is green (see [`ReadinessSampler`]), else `None`.
-async fn sample_node(addr: SocketAddr, connection: &mut Option<KeepAlive>) -> Option<f64> {
+pub(crate) async fn sample_node(
+    addr: SocketAddr,
+    connection: &mut Option<KeepAlive>,
+) -> Option<f64> {
     let sample = async {
         let before = reconnects(get(addr, connection, "/metrics").await?)?;
         let ready = get(addr, connection, "/readyz").await?;
@@ -1171,6 +1224,54 @@ mod tests {
                 "{windows:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_recovering_subscribers_check_is_part_of_the_report() {
+        let clock = Clock::new();
+        let history = History::new();
+        history.set_green(GreenWindows::between(clock.at(0), clock.at(1_000)));
+        history.recovering(
+            "r",
+            "h",
+            Event::JoinSent {
+                since: None,
+                at: clock.at(0),
+            },
+        );
+        history.recovering(
+            "r",
+            "h",
+            Event::Joined {
+                position: Some("0:e".into()),
+                recovered: None,
+                at: clock.at(1),
+            },
+        );
+        // Answered ok at 1:e, never delivered: missing, although no membership of the
+        // green-window check owes it.
+        history.published("p", "h", 1, clock.at(10), clock.at(15), Acked::Ok);
+        history.answered_at("p", "h", 1, "1:e");
+        let report = history.check(GRACE);
+        assert_eq!(report.required, 0);
+        assert_eq!(report.recovery.missing, ["r on h: p#1 (1:e)"]);
+        assert!(!report.is_ok());
+        assert!(
+            report.to_string().contains("recovering subscribers"),
+            "{report}"
+        );
+        assert_eq!(history.recovering_log().len(), 2);
+
+        history.recovering(
+            "r",
+            "h",
+            Event::Delivered {
+                position: Some("1:e".into()),
+                message: Some(("p".into(), 1)),
+                at: clock.at(20),
+            },
+        );
+        history.check(GRACE).assert_ok();
     }
 
     #[test]

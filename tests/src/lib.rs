@@ -29,6 +29,12 @@
 //! - [`history`]: [`History`], the record of a fault test (publishes and their answers,
 //!   deliveries, memberships, [green windows](history::GreenWindows) sampled from `/readyz`)
 //!   and the check that lists missing, duplicated, reordered and unexpected deliveries.
+//! - [`recovery`]: what a recovering subscriber saw (joins with `since`, their answers, the
+//!   positions of the broadcasts) and the check that nothing acknowledged went missing or
+//!   came twice across outages, unless it was told `recovered: false` for exactly that span.
+//! - [`recovering`]: the recovering subscriber itself, which rejoins with `since` whenever
+//!   its socket drops, its stream shows a hole or its node is ready again
+//!   ([`recovering::ReadyWatch`]).
 //! - [`rng`]: a small seeded generator, so randomised plans are reproducible.
 //! - `src/bin/crossnode.rs`: measures cross-node latency and bridge throughput next to
 //!   `redis-benchmark` (not a test; run it by hand).
@@ -47,6 +53,8 @@ pub mod http;
 pub mod node;
 pub mod postgres;
 pub mod proxy;
+pub mod recovering;
+pub mod recovery;
 pub mod redis;
 pub mod rng;
 

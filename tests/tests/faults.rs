@@ -20,6 +20,22 @@
 //! [`ReadinessSampler`] on both nodes; it ends with the history check (nothing missing while
 //! green, nothing duplicated, reordered or invented) plus its own assertions.
 //!
+//! Scenarios 1 to 5 also run *recovering subscribers* ([`Subscriber`]) on topics with history
+//! (`hist:*`, [`HISTORY_SIZE`] publications kept, from the nodes' config file): two per node,
+//! one of them through a client-side [`FaultProxy`] so its socket can be cut. Each rejoins
+//! with `since` whenever its socket drops, its stream shows a hole, or its node is ready again
+//! after an outage. For them readiness excuses nothing: every publish answered ok is delivered
+//! exactly once and in order, across every outage, or the subscriber was told
+//! `recovered: false` for exactly the span it lost ([`switchboard_e2e::recovery`]).
+//!
+//! Two of those rejoin triggers are the subscriber's own, not the node's: the node tells a
+//! socket nothing when its backend link was down (publications accepted meanwhile never reach
+//! its live subscribers), so the subscriber notices a hole in the positions or its node's
+//! `/readyz` and reconnect counter. A phoenix.js client with `clients/js/recover.mjs` rejoins
+//! only when its socket or channel drops, and takes every position it is sent as its last, so
+//! it misses such a span without being told `recovered: false`; what is checked here is that
+//! recovery is exact whenever a client asks.
+//!
 //! # Scenarios
 //!
 //! 1. [`steady_state`]: no fault, a control (nothing refused, nothing missing).
@@ -59,6 +75,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use switchboard_e2e::history::{payload, Acked, GreenWindows, ReadinessSampler, Report};
 use switchboard_e2e::proxy::FaultProxy;
+use switchboard_e2e::recovering::{self, ReadyWatch, Subscriber};
+use switchboard_e2e::recovery::{Event, Position};
 use switchboard_e2e::{http, BackendKind, BackendServer, Client, History, Incoming, Node, Rng};
 use switchboard_e2e::{PhxFrame, PATIENCE};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
@@ -97,6 +115,16 @@ const UPSTREAM_DOWN: &str = "upstream unavailable: delivered on this node only";
 /// The error reason of a join whose subscription was not confirmed in time (2 s here).
 const SUBSCRIBE_TIMED_OUT: &str =
     "the backend did not confirm the subscription within 2s; try again";
+
+/// The namespace with history: `[channels.hist]` in the nodes' config file.
+const HISTORY_NAMESPACE: &str = "hist";
+
+/// Publications kept per topic of [`HISTORY_NAMESPACE`]: far more than a scenario publishes
+/// to one, so a `recovered: false` can only mean the stream was lost.
+const HISTORY_SIZE: usize = 10_000;
+
+/// The reason of a join with `since` while the backend is unreachable (it is retried).
+const HISTORY_UNAVAILABLE: &str = "history unavailable";
 
 /// One scenario at a time (see the module documentation).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -158,6 +186,20 @@ fn flags(overrides: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
+/// A config file giving [`HISTORY_NAMESPACE`] a history of [`HISTORY_SIZE`], unique to the
+/// calling cluster.
+fn config_file() -> std::path::PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "switchboard-faults-{}-{}.toml",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let text = format!("[channels.{HISTORY_NAMESPACE}]\nhistory = {HISTORY_SIZE}\n");
+    std::fs::write(&path, text).expect("the nodes' config file");
+    path
+}
+
 impl Cluster {
     /// Starts the backend, the proxies and both nodes (with the default [`flags`] changed by
     /// `overrides`), and waits until both nodes are ready.
@@ -167,8 +209,10 @@ impl Cluster {
             .expect("the backend starts");
         let proxy_a = FaultProxy::start(backend.addr());
         let proxy_b = FaultProxy::start(backend.addr());
+        let config = config_file();
         let node = |proxy: &FaultProxy| {
             let mut args = backend.node_args(&backend.url_via(proxy.addr()));
+            args.extend(["--config".to_owned(), config.to_string_lossy().into_owned()]);
             args.extend(flags(overrides));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Node::start(&args)
@@ -298,6 +342,9 @@ struct Plan {
     socket_publishers: usize,
     /// Pause between two publishes of one publisher.
     interval: Duration,
+    /// Recovering subscribers per node, joined to the topics of [`HISTORY_NAMESPACE`]; the
+    /// first of each node connects through a client-side proxy ([`Traffic::cut_clients`]).
+    recovering: usize,
 }
 
 impl Default for Plan {
@@ -308,7 +355,30 @@ impl Default for Plan {
             http_publishers: 1,
             socket_publishers: 1,
             interval: Duration::from_millis(10),
+            recovering: 0,
         }
+    }
+}
+
+impl Plan {
+    /// The default plan plus two topics with history, which every subscriber and publisher
+    /// uses too, and two recovering subscribers per node.
+    fn recovering() -> Self {
+        let mut plan = Self::default();
+        plan.topics
+            .extend((0..2).map(|i| format!("{HISTORY_NAMESPACE}:{i}")));
+        plan.recovering = 2;
+        plan
+    }
+
+    /// The topics with history.
+    fn history_topics(&self) -> Vec<String> {
+        let prefix = format!("{HISTORY_NAMESPACE}:");
+        self.topics
+            .iter()
+            .filter(|t| t.starts_with(&prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -445,7 +515,13 @@ async fn publish_http(
     .await;
     let acked = Instant::now();
     let ack = match response {
-        Ok(response) if response.status == 200 => Acked::Ok,
+        Ok(response) if response.status == 200 => {
+            let body = serde_json::from_slice::<Value>(&response.body).unwrap_or_default();
+            if let Some(position) = body["position"].as_str() {
+                history.answered_at(name, topic, seq, position);
+            }
+            Acked::Ok
+        }
         Ok(response) => {
             let code = serde_json::from_slice::<Value>(&response.body)
                 .ok()
@@ -531,6 +607,11 @@ struct Traffic {
     stop_reading: watch::Sender<bool>,
     publishers: Vec<JoinHandle<Tally>>,
     subscribers: Vec<JoinHandle<Result<(), String>>>,
+    recovering: Vec<JoinHandle<recovering::Tally>>,
+    /// One per node with recovering subscribers.
+    watches: Vec<ReadyWatch>,
+    /// The client-side proxies of the first recovering subscriber of each node.
+    client_proxies: Vec<FaultProxy>,
 }
 
 /// What a scenario's traffic recorded.
@@ -539,6 +620,8 @@ struct Recorded {
     green: GreenWindows,
     /// Every publisher's tally, summed.
     tally: Tally,
+    /// Every recovering subscriber's tally, summed.
+    recovering: recovering::Tally,
 }
 
 impl Traffic {
@@ -555,6 +638,9 @@ impl Traffic {
             stop_reading,
             publishers: Vec::new(),
             subscribers: Vec::new(),
+            recovering: Vec::new(),
+            watches: Vec::new(),
+            client_proxies: Vec::new(),
         };
         for side in [Side::A, Side::B] {
             let node = cluster.node(side);
@@ -562,6 +648,7 @@ impl Traffic {
                 let name = format!("{side:?}-sub{i}");
                 traffic.subscribe(node, name, &plan.topics).await;
             }
+            traffic.start_recovering(side, node, plan).await;
             for i in 0..plan.socket_publishers {
                 let name = format!("{side:?}-ws{i}");
                 let mut client = node.connect().await;
@@ -588,6 +675,49 @@ impl Traffic {
             }
         }
         traffic
+    }
+
+    /// `plan.recovering` recovering subscribers on `node` (the first through a client-side
+    /// proxy), once each has joined every topic with history.
+    async fn start_recovering(&mut self, side: Side, node: &Node, plan: &Plan) {
+        if plan.recovering == 0 {
+            return;
+        }
+        let watch = ReadyWatch::start(node.addr());
+        for i in 0..plan.recovering {
+            let addr = if i == 0 {
+                let proxy = FaultProxy::start(node.addr());
+                let addr = proxy.addr();
+                self.client_proxies.push(proxy);
+                addr
+            } else {
+                node.addr()
+            };
+            let subscriber = Subscriber {
+                name: format!("{side:?}-rec{i}"),
+                url: format!("ws://{addr}/socket/websocket?vsn=2.0.0"),
+                topics: plan.history_topics(),
+                history: Arc::clone(&self.history),
+                ready: watch.subscribe(),
+                stop: self.stop_reading.subscribe(),
+                seed: 0x5eed_0000 + u64::try_from(self.recovering.len()).expect("small"),
+            };
+            let (task, joined) = subscriber.spawn();
+            tokio::time::timeout(PATIENCE, joined)
+                .await
+                .expect("a recovering subscriber joined its topics in time")
+                .expect("a recovering subscriber joined its topics");
+            self.recovering.push(task);
+        }
+        self.watches.push(watch);
+    }
+
+    /// Resets the sockets of the recovering subscribers behind client-side proxies: they
+    /// reconnect and recover.
+    fn cut_clients(&self) {
+        for proxy in &self.client_proxies {
+            proxy.cut_existing();
+        }
     }
 
     /// A recording subscriber `name` on `node`, joined to `topics`.
@@ -625,6 +755,13 @@ impl Traffic {
                 ended.push(how);
             }
         }
+        let mut recovering = recovering::Tally::default();
+        for subscriber in self.recovering {
+            recovering.add(subscriber.await.expect("a recovering subscriber task"));
+        }
+        for watch in self.watches {
+            let _ = watch.stop().await;
+        }
         let green = self.sampler.stop().await;
         assert!(
             ended.is_empty(),
@@ -635,10 +772,25 @@ impl Traffic {
             "publishes got undocumented answers: {:?}",
             tally.unexpected
         );
+        assert!(
+            recovering.unexpected.is_empty(),
+            "recovering subscribers: {:?}",
+            recovering.unexpected
+        );
+        let undocumented: Vec<&String> = recovering
+            .refused
+            .keys()
+            .filter(|r| !r.starts_with(HISTORY_UNAVAILABLE) && *r != SUBSCRIBE_TIMED_OUT)
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "recovering subscribers' joins got undocumented refusals: {undocumented:?}"
+        );
         Recorded {
             history: self.history,
             green,
             tally,
+            recovering,
         }
     }
 }
@@ -692,7 +844,7 @@ impl Recorded {
 
 /// The standard figures of a history check.
 fn summary(checked: &Report) -> String {
-    format!(
+    let mut text = format!(
         "publishes {} (ok {}, refused {}, unknown {}), required deliveries {} (all delivered: \
          {}), green {:.1} s in {} windows",
         checked.publishes,
@@ -703,7 +855,121 @@ fn summary(checked: &Report) -> String {
         checked.missing.is_empty(),
         checked.green_time.as_secs_f64(),
         checked.green_windows
-    )
+    );
+    let recovery = &checked.recovery;
+    if recovery.subscriptions > 0 {
+        text.push_str(&format!(
+            "; recovering: {} rejoins ({} recovered, {} not, {} of them a new epoch; {} \
+             refused and retried), {} holes seen, {} tail broadcasts, owed {} (all delivered: \
+             {})",
+            recovery.rejoins,
+            recovery.recovered,
+            recovery.not_recovered,
+            recovery.not_recovered_new_epoch,
+            recovery.refused,
+            recovery.holes,
+            recovery.tails,
+            recovery.owed,
+            recovery.missing.is_empty()
+        ));
+    }
+    text
+}
+
+/// What a scenario expects of its recovering subscribers' rejoins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejoins {
+    /// No fault: no hole, nothing lost.
+    None,
+    /// Outages the history covers: rejoins, every one recovered.
+    Recovered,
+    /// The stream itself was lost (Redis restarted without persistence): every subscriber
+    /// was told `recovered: false` with a position of a new epoch on every topic.
+    NewEpoch,
+}
+
+/// The recovering subscribers' figures a scenario expects (the history check has judged the
+/// deliveries): they were owed something, no `recovered: false` while the history reached
+/// back, and the rejoins of `expected`.
+fn assert_recovery(
+    kind: BackendKind,
+    scenario: &str,
+    checked: &Report,
+    recorded: &Recorded,
+    expected: Rejoins,
+) {
+    let tally = &recorded.recovering;
+    report(
+        kind,
+        scenario,
+        &format!(
+            "recovering subscribers: {} sockets opened, {} rejoins ({} leaving first), {} \
+             after their node was ready again, refusals {:?}",
+            tally.connections, tally.rejoins, tally.leaves, tally.ready_again, tally.refused
+        ),
+    );
+    let recovery = &checked.recovery;
+    assert!(
+        recovery.subscriptions > 0 && recovery.owed > 0,
+        "the recovering subscribers were owed nothing: {checked}"
+    );
+    assert_eq!(
+        recovery.not_recovered, recovery.not_recovered_new_epoch,
+        "recovered: false although the stream was kept and the history ({HISTORY_SIZE}) \
+         reached back: {checked}"
+    );
+    match expected {
+        Rejoins::None => assert_eq!(
+            (recovery.holes, recovery.not_recovered),
+            (0, 0),
+            "without faults a recovering subscriber sees no hole: {checked}"
+        ),
+        Rejoins::Recovered => {
+            assert!(
+                recovery.rejoins > 0 && recovery.recovered > 0,
+                "the recovering subscribers never recovered: {checked}"
+            );
+            assert_eq!(recovery.not_recovered, 0, "{checked}");
+        }
+        Rejoins::NewEpoch => {
+            let told = told_new_epoch(&recorded.history.recovering_log());
+            assert_eq!(
+                told.len(),
+                recovery.subscriptions,
+                "every recovering subscriber must be told recovered: false with a new epoch \
+                 on every topic; told: {told:?}; {checked}"
+            );
+        }
+    }
+}
+
+/// The (socket, topic) pairs that were answered `recovered: false` with a position of
+/// another epoch than their `since`.
+fn told_new_epoch(log: &[switchboard_e2e::recovery::Logged]) -> HashSet<(String, String)> {
+    let mut since: HashMap<(&str, &str), Option<Position>> = HashMap::new();
+    let mut told = HashSet::new();
+    for logged in log {
+        let key = (logged.socket.as_str(), logged.topic.as_str());
+        match &logged.event {
+            Event::JoinSent { since: asked, .. } => {
+                let _ = since.insert(key, asked.as_deref().and_then(Position::parse));
+            }
+            Event::Joined {
+                position,
+                recovered: Some(false),
+                ..
+            } => {
+                let reply = position.as_deref().and_then(Position::parse);
+                if let (Some(Some(asked)), Some(reply)) = (since.get(&key), reply) {
+                    if asked.epoch != reply.epoch {
+                        let _ = told.insert((logged.socket.clone(), logged.topic.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    told
 }
 
 // ---- the scenarios -------------------------------------------------------------------------
@@ -712,13 +978,14 @@ fn summary(checked: &Report) -> String {
 async fn steady_state(kind: BackendKind) {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(kind, &[]).await;
-    let traffic = Traffic::start(&cluster, &Plan::default()).await;
+    let traffic = Traffic::start(&cluster, &Plan::recovering()).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let recorded = traffic.finish(SETTLE).await;
     let checked = recorded.check(&[]);
     report(kind, "steady", &summary(&checked));
     cluster.assert_report(&checked);
     assert!(checked.required > 0, "{checked}");
+    assert_recovery(kind, "steady", &checked, &recorded, Rejoins::None);
     assert_eq!(
         (checked.acked_refused, checked.acked_unknown),
         (0, 0),
@@ -743,11 +1010,12 @@ async fn steady_state(kind: BackendKind) {
 }
 
 /// Scenario 2: A's link reset twice while publishing: A reconnects at once each time, nothing
-/// accepted while green is missing.
+/// accepted while green is missing. Between the two, the recovering subscribers behind
+/// client-side proxies lose their sockets too.
 async fn cut_link(kind: BackendKind) {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(kind, &[]).await;
-    let traffic = Traffic::start(&cluster, &Plan::default()).await;
+    let traffic = Traffic::start(&cluster, &Plan::recovering()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut recoveries = Vec::new();
     let mut last_recovery = Instant::now();
@@ -771,6 +1039,10 @@ async fn cut_link(kind: BackendKind) {
             .await;
         recoveries.push(recovered);
         last_recovery = Instant::now();
+        if cut == 1 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            traffic.cut_clients();
+        }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let recorded = traffic.finish(SETTLE).await;
@@ -790,6 +1062,12 @@ async fn cut_link(kind: BackendKind) {
     );
     cluster.assert_report(&checked);
     assert!(checked.required > 0, "{checked}");
+    assert_recovery(kind, "cut", &checked, &recorded, Rejoins::Recovered);
+    assert!(
+        recorded.recovering.connections >= 6,
+        "the two proxied recovering subscribers reconnected after their sockets were cut: {:?}",
+        recorded.recovering
+    );
     assert!(
         recorded.ok_after(last_recovery) > 0,
         "publishes are accepted again after the cuts: {checked}"
@@ -815,7 +1093,7 @@ async fn cut_link(kind: BackendKind) {
 async fn black_hole(kind: BackendKind) {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(kind, &[]).await;
-    let traffic = Traffic::start(&cluster, &Plan::default()).await;
+    let traffic = Traffic::start(&cluster, &Plan::recovering()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let lost_before = cluster
         .metric(Side::A, "switchboard_bridge_lost_total")
@@ -871,6 +1149,7 @@ async fn black_hole(kind: BackendKind) {
         "B's link was fine, yet its /readyz said {b_dropped:?}"
     );
     assert!(checked.required > 0, "{checked}");
+    assert_recovery(kind, "black-hole", &checked, &recorded, Rejoins::Recovered);
     assert!(recorded.ok_after(healed_at + recovered) > 0, "{checked}");
     assert!(
         recorded.tally.refused > 0 && lost > 0.0,
@@ -898,7 +1177,7 @@ async fn poll_stays_ready(cluster: &Cluster, side: Side, span: Duration) -> Opti
 async fn freeze_backend(kind: BackendKind) {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(kind, &[]).await;
-    let traffic = Traffic::start(&cluster, &Plan::default()).await;
+    let traffic = Traffic::start(&cluster, &Plan::recovering()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let fault_at = Instant::now();
@@ -949,6 +1228,7 @@ async fn freeze_backend(kind: BackendKind) {
         );
     }
     assert!(checked.required > 0, "{checked}");
+    assert_recovery(kind, "freeze", &checked, &recorded, Rejoins::Recovered);
     assert!(
         recorded.ok_after(thawed_at + recovered_a.max(recovered_b)) > 0,
         "{checked}"
@@ -956,11 +1236,14 @@ async fn freeze_backend(kind: BackendKind) {
 }
 
 /// Scenario 5: The backend killed with SIGKILL (PostgreSQL: stop -m immediate) mid-stream and
-/// restarted on the same port.
+/// restarted on the same port. Redis runs without persistence: its streams are lost, and every
+/// recovering subscriber must be told so (`recovered: false`, a new epoch); PostgreSQL keeps
+/// them, and every rejoin recovers. The proxied recovering subscribers lose their sockets
+/// while the backend is down: their joins with `since` are refused until it is back.
 async fn kill_backend(kind: BackendKind) {
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(kind, &[]).await;
-    let traffic = Traffic::start(&cluster, &Plan::default()).await;
+    let traffic = Traffic::start(&cluster, &Plan::recovering()).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
     let killed_at = Instant::now();
@@ -970,6 +1253,7 @@ async fn kill_backend(kind: BackendKind) {
         cluster.until_ready(Side::A, false, killed_at, limit + PATIENCE),
         cluster.until_ready(Side::B, false, killed_at, limit + PATIENCE)
     );
+    traffic.cut_clients();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // `restart` returns once the backend answers.
     tokio::task::block_in_place(|| cluster.backend.restart());
@@ -1009,6 +1293,23 @@ async fn kill_backend(kind: BackendKind) {
         );
     }
     assert!(checked.required > 0, "{checked}");
+    let expected = match kind {
+        BackendKind::Redis => Rejoins::NewEpoch,
+        BackendKind::Postgres => Rejoins::Recovered,
+    };
+    assert_recovery(kind, "kill-9", &checked, &recorded, expected);
+    let unavailable: usize = recorded
+        .recovering
+        .refused
+        .iter()
+        .filter(|(reason, _)| reason.starts_with(HISTORY_UNAVAILABLE))
+        .map(|(_, count)| count)
+        .sum();
+    assert!(
+        unavailable > 0,
+        "joins with since while the backend was down are refused (history unavailable): {:?}",
+        recorded.recovering
+    );
     assert!(
         recorded.ok_after(answering_at + recovered_a.max(recovered_b)) > 0,
         "{checked}"
