@@ -6,7 +6,8 @@
 //! applies all or none). The other connection publishes with a prepared
 //! `SELECT pg_notify($1, $2)`, pipelined in order, each its own transaction (PostgreSQL folds
 //! identical notifications sent in one transaction into one), with `synchronous_commit = off`:
-//! a notification is never durable, so waiting for the WAL flush would only slow it down.
+//! a notification is never durable, so waiting for the WAL flush would only slow it down (a
+//! publication with history is: `switchboard_publish` commits it durably, see [`history`]).
 //! PostgreSQL says which backend process sent each notification, so this node recognises its
 //! own echo by the publishing connection's process id (except a publication with history,
 //! which every node delivers from the backend, its publisher's included).
