@@ -86,8 +86,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 /// The longest drain, whatever the progress.
 const DRAIN_MAX: Duration = Duration::from_secs(15);
-/// HTTP publish requests in flight on one connection (pipelined).
-const HTTP_PIPELINE: u64 = 64;
+/// HTTP publish requests in flight on one connection (pipelined). At most 16: actix-http
+/// (3.20) queues at most 16 pipelined requests and, with more already read, can stop
+/// decoding them until its 5 s keep-alive timer closes the connection with requests
+/// unanswered (seen with 64: a few connections in a hundred).
+const HTTP_PIPELINE: u64 = 16;
 /// How often workers report their progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(10);
 /// Clients per source address by default.
