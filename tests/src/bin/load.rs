@@ -1,7 +1,7 @@
 //! `load`: drives many WebSocket clients against a `switchboard` node and measures it.
 //!
 //! ```text
-//! load fanout|latency|many-topics|idle|cross-node|smoke|run [options] [-- node args]
+//! load fanout|latency|many-topics|idle|cross-node|history|smoke|run [options] [-- node args]
 //! ```
 //!
 //! Each scenario is a preset list of *phases*; flags override every phase of the preset. A
@@ -22,6 +22,13 @@
 //! `--` go to the node. `cross-node` starts a private `redis-server` and two nodes, then runs
 //! `redis-benchmark` against that Redis for comparison. RSS and CPU need the node's pid:
 //! known when spawned, else `--node-pid`.
+//!
+//! `history` ([`history`], in `load/history/`) measures what a topic's history costs on
+//! nodes it starts with a config file of its own, on the memory backend and through a private
+//! Redis or PostgreSQL (two nodes, as `cross-node`): publish throughput with history on vs off
+//! (the same phases on `hist:` and `load:` topics of the same nodes, side by side), the time
+//! to recover 1,000 missed messages, and the memory per topic at `history = 100`. A broadcast of a topic with history carries its
+//! position in the ref slot (`[null,"17:k3Jd9",...`), which the reader recognises as well.
 //!
 //! # Keeping the tool cheap
 //!
@@ -51,6 +58,10 @@
 // A measuring tool: printing its report (and its usage) is its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+// In `load/`, not next to this file: cargo would take `src/bin/history/` for a binary.
+#[path = "load/history/mod.rs"]
+mod history;
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -65,7 +76,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use memchr::memmem;
 use serde_json::{json, Value};
 use switchboard_e2e::redis::{self as redis_support, RedisServer};
-use switchboard_e2e::Node;
+use switchboard_e2e::{BackendKind, BackendServer, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
@@ -95,10 +106,9 @@ const HTTP_PIPELINE: u64 = 16;
 const PROGRESS_EVERY: Duration = Duration::from_millis(10);
 /// Clients per source address by default.
 const CLIENTS_PER_SOURCE: usize = 16_000;
-/// The topic every client joins with `--pattern one`.
-const TOPIC_ALL: &str = "load:all";
-/// The shared topic of `--pattern own-shared`.
-const TOPIC_SHARED: &str = "load:shared";
+/// The namespace of every scenario's topics but `history`'s (`load:all`, `load:own:<i>`,
+/// `load:shared`).
+const NAMESPACE: &str = "load";
 /// `redis-benchmark`'s channel (no node subscribes to it).
 const BENCH_CHANNEL: &str = "load:bench";
 
@@ -129,6 +139,12 @@ scenarios (presets; flags override every phase):
   idle         18,000 idle clients (own topic each): node RSS per connection
   cross-node   two nodes + a private redis: 10 subs on B at 10,000 msg/s from A, max rate
                to 1 sub on B, 1,000 subs on B at max rate; then redis-benchmark PUBLISH
+  history      per backend (memory: one node; redis, postgres: two nodes + a private
+               redis-server or PostgreSQL cluster, A -> B): publish throughput with
+               history = 100 vs none (socket 1x10 max, http 4 pubs to 1,000 own topics
+               max; same nodes, side by side), recovery of 1,000 missed messages (join
+               with since -> last one, checked exactly once in order), memory per topic at
+               history = 100 (1,000 topics x 100 publications of 100 bytes); own nodes only
   smoke        ~3 s, 50 clients, own node; exits 1 if a delivery is missing
   run          one phase from the flags alone
 target:
@@ -156,16 +172,36 @@ other:
   --per-process N          connections per process before worker processes (10000)
   --sources N              source addresses 127.0.0.1.. (default 1 per 16,000 clients)
   --benchmark-requests N   redis-benchmark -n (cross-node; 200000)
-  --json                   print one JSON object instead of the table";
+  --json                   print one JSON object instead of the table
+history:
+  --backend LIST           memory, redis, postgres, comma-separated, or all (all)
+  --missed N               messages a recovering socket missed (1000)
+  --recoveries N           recoveries per run and backend (5)
+  --topics N               topics of the memory measurement (1000)";
 
-/// How clients join topics.
+/// The topic every client joins with `--pattern one`: `<namespace>:all`.
+fn topic_all(namespace: &str) -> String {
+    format!("{namespace}:all")
+}
+
+/// The shared topic of `--pattern own-shared`: `<namespace>:shared`.
+fn topic_shared(namespace: &str) -> String {
+    format!("{namespace}:shared")
+}
+
+/// Client `i`'s own topic: `<namespace>:own:<i>`.
+fn topic_own(namespace: &str, i: usize) -> String {
+    format!("{namespace}:own:{i}")
+}
+
+/// How clients join topics (in a phase's namespace, `load` but for the `history` scenario).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pattern {
-    /// Everyone on [`TOPIC_ALL`].
+    /// Everyone on [`topic_all`].
     One,
-    /// Each client on `load:own:<i>`.
+    /// Each client on its [`topic_own`].
     Own,
-    /// Each client on `load:own:<i>` and [`TOPIC_SHARED`].
+    /// Each client on its [`topic_own`] and on [`topic_shared`].
     OwnShared,
 }
 
@@ -187,13 +223,27 @@ impl Pattern {
         }
     }
 
-    /// The topics client `i` joins.
-    fn topics(self, i: usize) -> Vec<String> {
+    /// The topics client `i` joins in `namespace`.
+    fn topics(self, namespace: &str, i: usize) -> Vec<String> {
         match self {
-            Self::One => vec![TOPIC_ALL.to_owned()],
-            Self::Own => vec![format!("load:own:{i}")],
-            Self::OwnShared => vec![format!("load:own:{i}"), TOPIC_SHARED.to_owned()],
+            Self::One => vec![topic_all(namespace)],
+            Self::Own => vec![topic_own(namespace, i)],
+            Self::OwnShared => vec![topic_own(namespace, i), topic_shared(namespace)],
         }
+    }
+}
+
+/// Which topics subscribers join: a pattern in a namespace.
+#[derive(Debug, Clone)]
+struct TopicPlan {
+    pattern: Pattern,
+    namespace: Rc<str>,
+}
+
+impl TopicPlan {
+    /// The topics client `i` joins.
+    fn topics(&self, i: usize) -> Vec<String> {
+        self.pattern.topics(&self.namespace, i)
     }
 }
 
@@ -234,6 +284,8 @@ impl Rate {
 #[derive(Debug, Clone)]
 struct Phase {
     name: String,
+    /// The namespace of its topics ([`NAMESPACE`] but in the `history` scenario).
+    namespace: String,
     clients: usize,
     pattern: Pattern,
     publishers: usize,
@@ -250,6 +302,7 @@ impl Phase {
     fn new(name: &str, clients: usize) -> Self {
         Self {
             name: name.to_owned(),
+            namespace: NAMESPACE.to_owned(),
             clients,
             pattern: Pattern::One,
             publishers: 1,
@@ -322,6 +375,8 @@ struct Options {
     benchmark_requests: u64,
     json: bool,
     overrides: Overrides,
+    /// The `history` scenario's own flags.
+    history: history::HistoryOptions,
 }
 
 fn parse_addr(url: &str) -> Result<SocketAddr, String> {
@@ -355,6 +410,7 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
         benchmark_requests: 200_000,
         json: false,
         overrides: Overrides::default(),
+        history: history::HistoryOptions::default(),
     };
     let o = &mut options.overrides;
     while let Some(flag) = args.next() {
@@ -410,6 +466,10 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
             "--window" => o.window = Some(int(&value)?.max(1) as u64),
             "--payload-bytes" => o.payload_bytes = Some(int(&value)?),
             "--hold" => o.hold = Some(num(&value)?),
+            "--backend" => options.history.backends = history::Backend::parse_list(&value)?,
+            "--missed" => options.history.missed = int(&value)?.max(1) as u64,
+            "--recoveries" => options.history.recoveries = int(&value)?,
+            "--topics" => options.history.topics = int(&value)?.max(1) as u64,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -418,6 +478,9 @@ fn parse_args(args: Vec<String>) -> Result<Options, String> {
     }
     if options.urls.is_empty() {
         options.spawn = true;
+    }
+    if options.scenario == "history" && !options.urls.is_empty() {
+        return Err("history starts its own nodes (with its own config file): no --url".into());
     }
     Ok(options)
 }
@@ -480,6 +543,7 @@ fn preset(options: &Options) -> Result<(Vec<Phase>, usize), String> {
             http.seconds = 1.0;
             vec![socket, http]
         }
+        "history" => history::phases(),
         "run" => vec![Phase::new("run", 100)],
         other => return Err(format!("unknown scenario {other:?}")),
     };
@@ -542,7 +606,11 @@ fn main() {
             eprintln!("load: cannot start the runtime: {e}");
             std::process::exit(1);
         });
-    let ok = LocalSet::new().block_on(&runtime, run(options, phases, nodes, nofile));
+    let ok = if options.scenario == "history" {
+        LocalSet::new().block_on(&runtime, history::run(options, phases, nofile))
+    } else {
+        LocalSet::new().block_on(&runtime, run(options, phases, nodes, nofile))
+    };
     std::process::exit(i32::from(!ok));
 }
 
@@ -579,12 +647,26 @@ struct Target {
     /// Publishers connect to the first, subscribers to the last.
     addrs: Vec<SocketAddr>,
     pids: Vec<Option<u32>>,
-    redis_port: Option<u16>,
-    /// Kept alive for the run; dropping kills them.
-    _owned: (Option<RedisServer>, Vec<Node>),
+    /// Kept alive for the run; dropping kills them (before their backend).
+    _nodes: Vec<Node>,
+    /// The private Redis or PostgreSQL the nodes share, when started here (the `history`
+    /// scenario reads its memory).
+    backend: Option<BackendServer>,
     binary: String,
 }
 
+impl Target {
+    /// The port of the private Redis, when the nodes share one.
+    fn redis_port(&self) -> Option<u16> {
+        self.backend
+            .as_ref()
+            .and_then(BackendServer::redis)
+            .map(RedisServer::port)
+    }
+}
+
+/// The nodes of a scenario: `options`' own, or `nodes` started here (two share a private
+/// Redis).
 async fn target(options: &Options, nodes: usize) -> Target {
     if !options.spawn {
         let addrs = if options.urls.len() == 1 && nodes == 2 {
@@ -598,11 +680,23 @@ async fn target(options: &Options, nodes: usize) -> Target {
         return Target {
             addrs,
             pids,
-            redis_port: None,
-            _owned: (None, Vec::new()),
+            backend: None,
+            _nodes: Vec::new(),
             binary: "(running)".into(),
         };
     }
+    let backend = (nodes > 1).then_some(BackendKind::Redis);
+    spawn_target(options, nodes, backend, &[]).await
+}
+
+/// Starts `nodes` nodes with `extra` arguments (before the ones after `--`), sharing topics
+/// through a private server of `backend` when one is given.
+async fn spawn_target(
+    options: &Options,
+    nodes: usize,
+    backend: Option<BackendKind>,
+    extra: &[String],
+) -> Target {
     let env = [("RUST_LOG", "warn")];
     // Publishers push as fast as the scenario asks: spawned nodes get no per-socket push
     // limit (arguments after `--` come later and win). A node given with --url must be
@@ -610,32 +704,32 @@ async fn target(options: &Options, nodes: usize) -> Target {
     let node_args: Vec<String> = ["--push-rate", "1000000000", "--push-burst", "1000000000"]
         .iter()
         .map(|arg| (*arg).to_owned())
+        .chain(extra.iter().cloned())
         .chain(options.node_args.iter().cloned())
         .collect();
-    let extra: Vec<&str> = node_args.iter().map(String::as_str).collect();
     let binary = switchboard_e2e::node::binary_path().display().to_string();
-    if nodes == 1 {
-        let node = Node::start_with_env(&extra, &env);
-        return Target {
-            addrs: vec![node.addr()],
-            pids: vec![Some(node.pid())],
-            redis_port: None,
-            _owned: (None, vec![node]),
-            binary,
-        };
-    }
-    let server = RedisServer::start();
-    let mut args = redis_support::bridged_args(server.port());
-    args.extend(node_args.iter().cloned());
+    let server = backend.map(BackendServer::start);
+    let mut args = match &server {
+        None => Vec::new(),
+        // As the bridge tests start them.
+        Some(server) => match server.redis() {
+            Some(redis) => redis_support::bridged_args(redis.port()),
+            None => server.node_args(&server.url()),
+        },
+    };
+    args.extend(node_args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let a = Node::start_with_env(&args, &env);
-    let b = Node::start_with_env(&args, &env);
-    redis_support::wait_bridge_up(&[&a, &b]).await;
+    let started: Vec<Node> = (0..nodes.max(1))
+        .map(|_| Node::start_with_env(&args, &env))
+        .collect();
+    if server.is_some() {
+        redis_support::wait_bridge_up(&started.iter().collect::<Vec<_>>()).await;
+    }
     Target {
-        addrs: vec![a.addr(), b.addr()],
-        pids: vec![Some(a.pid()), Some(b.pid())],
-        redis_port: Some(server.port()),
-        _owned: (Some(server), vec![a, b]),
+        addrs: started.iter().map(Node::addr).collect(),
+        pids: started.iter().map(|node| Some(node.pid())).collect(),
+        backend: server,
+        _nodes: started,
         binary,
     }
 }
@@ -819,10 +913,14 @@ fn next_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
     (buf.len() >= end).then_some((opcode, start, end))
 }
 
-/// The decimal number right after `"t":` in `text`.
+/// The decimal number right after `"t":` in `text`, spaces allowed before it (PostgreSQL
+/// renders a payload with history as `jsonb`: `{"t": 17..., ...}`).
 fn timestamp(text: &[u8]) -> Option<u64> {
     let at = FIND_T.find(text)? + 4;
-    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
+    let digits = text[at..]
+        .iter()
+        .skip_while(|b| **b == b' ')
+        .take_while(|b| b.is_ascii_digit());
     let mut value: Option<u64> = None;
     for d in digits {
         value = Some(value.unwrap_or(0).wrapping_mul(10) + u64::from(d - b'0'));
@@ -1024,8 +1122,15 @@ struct ConnState {
     warmed: bool,
 }
 
+/// Whether `text` is a broadcast: `[null,null,...` or, on a topic with history,
+/// `[null,"<offset>:<epoch>",...` (the heartbeat's reply, `[null,"hb",...`, is not one).
+fn is_broadcast(text: &[u8]) -> bool {
+    text.starts_with(b"[null,null,")
+        || (text.starts_with(b"[null,\"") && text.get(7).is_some_and(u8::is_ascii_digit))
+}
+
 fn handle_text(text: &[u8], now: u64, role: Role, shared: &Shared, conn: &mut ConnState) {
-    if text.starts_with(b"[null,null,") {
+    if is_broadcast(text) {
         let Some(sent) = timestamp(text) else {
             // A warm-up broadcast (no timestamp).
             if !conn.warmed {
@@ -1168,7 +1273,7 @@ async fn subscriber(
     addr: SocketAddr,
     global: usize,
     slot: usize,
-    pattern: Pattern,
+    plan: TopicPlan,
     sources: usize,
     shared: Rc<Shared>,
     gate: Rc<Semaphore>,
@@ -1192,7 +1297,7 @@ async fn subscriber(
         shared.fail(last);
         return;
     };
-    let topics = pattern.topics(global);
+    let topics = plan.topics(global);
     if let Err(e) = write.write_all(&join_frames(&topics)).await {
         shared.fail(format!("join write: {e}"));
         return;
@@ -1213,7 +1318,7 @@ fn start_subscribers(
     addr: SocketAddr,
     first: usize,
     count: usize,
-    pattern: Pattern,
+    plan: &TopicPlan,
     sources: usize,
     shared: &Rc<Shared>,
 ) -> Vec<JoinHandle<()>> {
@@ -1224,7 +1329,7 @@ fn start_subscribers(
                 addr,
                 first + slot,
                 slot,
-                pattern,
+                plan.clone(),
                 sources,
                 Rc::clone(shared),
                 Rc::clone(&gate),
@@ -1351,7 +1456,10 @@ async fn worker(spec: Value) {
     let first = spec["first"].as_u64().unwrap_or(0) as usize;
     let count = spec["count"].as_u64().unwrap_or(0) as usize;
     let sources = spec["sources"].as_u64().unwrap_or(1) as usize;
-    let pattern = Pattern::parse(spec["pattern"].as_str().unwrap_or("one")).unwrap_or(Pattern::One);
+    let plan = TopicPlan {
+        pattern: Pattern::parse(spec["pattern"].as_str().unwrap_or("one")).unwrap_or(Pattern::One),
+        namespace: spec["namespace"].as_str().unwrap_or(NAMESPACE).into(),
+    };
     let lifetime = Duration::from_secs(spec["lifetime_s"].as_u64().unwrap_or(900));
     let stop = Arc::new(AtomicBool::new(false));
     let stop_reader = Arc::clone(&stop);
@@ -1362,7 +1470,7 @@ async fn worker(spec: Value) {
         stop_reader.store(true, Ordering::Release);
     });
     let shared = Rc::new(Shared::new(count));
-    let tasks = start_subscribers(addr, first, count, pattern, sources, &shared);
+    let tasks = start_subscribers(addr, first, count, &plan, sources, &shared);
     let started = Instant::now();
     let mut announced = false;
     let mut out = std::io::stdout();
@@ -1597,12 +1705,14 @@ async fn publish_socket(
 }
 
 /// Which topic an HTTP publisher's message `n` goes to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum HttpTarget {
     /// Always this topic.
-    Fixed(&'static str),
-    /// `load:own:<k>`, round robin over `clients` (offset by publisher `index` of `of`).
+    Fixed(String),
+    /// [`topic_own`] of `namespace`, round robin over `clients` (offset by publisher `index`
+    /// of `of`).
     Own {
+        namespace: Rc<str>,
         clients: usize,
         index: usize,
         of: usize,
@@ -1610,12 +1720,15 @@ enum HttpTarget {
 }
 
 impl HttpTarget {
-    fn topic(self, n: u64) -> String {
+    fn topic(&self, n: u64) -> String {
         match self {
-            Self::Fixed(topic) => topic.to_owned(),
-            Self::Own { clients, index, of } => {
-                format!("load:own:{}", (n as usize * of + index) % clients.max(1))
-            }
+            Self::Fixed(topic) => topic.clone(),
+            Self::Own {
+                namespace,
+                clients,
+                index,
+                of,
+            } => topic_own(namespace, (n as usize * of + index) % (*clients).max(1)),
         }
     }
 }
@@ -1794,6 +1907,7 @@ async fn run_phase(
             "first": first,
             "count": count,
             "pattern": phase.pattern.name(),
+            "namespace": phase.namespace,
             "sources": sources,
             "lifetime_s": lifetime,
         });
@@ -1804,7 +1918,11 @@ async fn run_phase(
         first += count;
     }
     let connect_started = Instant::now();
-    let tasks = start_subscribers(sub_addr, 0, local, phase.pattern, sources, &shared);
+    let plan = TopicPlan {
+        pattern: phase.pattern,
+        namespace: phase.namespace.as_str().into(),
+    };
+    let tasks = start_subscribers(sub_addr, 0, local, &plan, sources, &shared);
     let connect_deadline = Duration::from_secs(60 + phase.clients as u64 / 100);
     loop {
         let local_done = shared.joined.get() + shared.failed.get() >= local;
@@ -1864,7 +1982,9 @@ async fn run_phase(
         if phase.pattern == Pattern::One && phase.via == Via::Socket {
             let mut publishers = Vec::new();
             for _ in 0..phase.publishers {
-                match SocketPublisher::connect(pub_addr, TOPIC_ALL, &shared).await {
+                match SocketPublisher::connect(pub_addr, &topic_all(&phase.namespace), &shared)
+                    .await
+                {
                     Ok(p) => publishers.push(p),
                     Err(e) => publish_failure = Some(e),
                 }
@@ -1891,8 +2011,9 @@ async fn run_phase(
             let own_rate = rate.map(|r| r / phase.publishers as f64);
             for index in 0..phase.publishers {
                 let target = match phase.pattern {
-                    Pattern::One => HttpTarget::Fixed(TOPIC_ALL),
+                    Pattern::One => HttpTarget::Fixed(topic_all(&phase.namespace)),
                     Pattern::Own | Pattern::OwnShared => HttpTarget::Own {
+                        namespace: Rc::clone(&plan.namespace),
                         clients,
                         index,
                         of: phase.publishers,
@@ -1912,7 +2033,7 @@ async fn run_phase(
                 (phase.pattern == Pattern::OwnShared && phase.shared_rate > 0.0).then(|| {
                     tokio::task::spawn_local(publish_http(
                         pub_addr,
-                        HttpTarget::Fixed(TOPIC_SHARED),
+                        HttpTarget::Fixed(topic_shared(&phase.namespace)),
                         Some(phase.shared_rate),
                         phase.seconds,
                         pad.clone(),
@@ -2022,6 +2143,7 @@ async fn run_phase(
         "phase": phase.name,
         "clients": phase.clients,
         "pattern": phase.pattern.name(),
+        "namespace": phase.namespace,
         "publishers": phase.publishers,
         "via": if phase.via == Via::Socket && phase.pattern == Pattern::One { "socket" } else { "http" },
         "rate_target": rate,
@@ -2159,7 +2281,7 @@ async fn run(options: Options, phases: Vec<Phase>, nodes: usize, nofile: u64) ->
         results.push(json!({ "phase": phase.name, "median": summary, "runs": runs }));
     }
     let benchmarks = target
-        .redis_port
+        .redis_port()
         .map(|port| run_benchmarks(port, options.benchmark_requests));
     let report = json!({
         "scenario": options.scenario,
