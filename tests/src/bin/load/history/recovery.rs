@@ -145,7 +145,7 @@ pub(super) async fn recover_once(target: &Target, topic: &str, missed: u64) -> V
     let mut out = json!({ "topic": topic, "missed": missed });
     let publish_to = target.addrs[0];
     let recover_on = *target.addrs.last().unwrap_or(&publish_to);
-    match recover_inner(
+    let outcome = recover_inner(
         publish_to,
         recover_on,
         topic,
@@ -153,10 +153,9 @@ pub(super) async fn recover_once(target: &Target, topic: &str, missed: u64) -> V
         &mut out,
         &mut problems,
     )
-    .await
-    {
-        Ok(()) => {}
-        Err(e) => problems.push(e),
+    .await;
+    if let Err(e) = outcome {
+        problems.push(e);
     }
     out["problems"] = json!(problems);
     out
@@ -207,7 +206,7 @@ async fn recover_inner(
             break;
         };
         if is_broadcast(&text) {
-            if reply_at.is_none() {
+            if reply_at.is_none() && broadcasts.is_empty() {
                 problems.push("a broadcast before the join's reply".into());
             }
             broadcasts.push(text);
