@@ -30,6 +30,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Binary),
         1 => Just(Step::Oversized),
         1 => Just(Step::ServerClose),
+        2 => (0..7_u8).prop_map(Step::StreamBroken),
     ]
 }
 

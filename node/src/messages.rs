@@ -132,6 +132,12 @@ pub struct UpstreamPresence {
     pub reply: oneshot::Sender<Result<PresenceReply, String>>,
 }
 
+/// Bridge → hub: the link to the backend was lost (once per outage): publications made on
+/// other nodes do not reach this one until it is back.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LinkLost;
+
 /// Bridge → hub: a presence change another node (or this one) announced on the backend.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -56,6 +56,10 @@ pub struct Metrics {
     /// Recoveries answered `recovered: false`, or refused because the history could not be
     /// read.
     pub recoveries_failed: AtomicU64,
+    /// Memberships of topics with history that the node ended with `phx_error` because
+    /// publications may not have reached it (its backend link went down, or a position was
+    /// skipped); their clients rejoin and recover.
+    pub streams_broken: AtomicU64,
     /// Presence members this node's sockets hold (set by the hub).
     pub presence_entries: AtomicU64,
     /// Presence members listed on this node, every node's, over the topics its sockets watch
@@ -95,7 +99,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     #[must_use]
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &str, &AtomicU64); 28] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 29] = [
             (
                 "switchboard_connections",
                 "gauge",
@@ -233,6 +237,12 @@ impl Metrics {
                 "counter",
                 "Recoveries answered recovered: false, or refused for want of the history.",
                 &self.recoveries_failed,
+            ),
+            (
+                "switchboard_streams_broken_total",
+                "counter",
+                "Memberships of history topics ended with phx_error because publications may have missed this node.",
+                &self.streams_broken,
             ),
             (
                 "switchboard_presence_entries",

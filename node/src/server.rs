@@ -263,6 +263,7 @@ fn start_bridged<B: Adapter + Send>(
     let node = origin.to_owned();
     let hub = Hub::create(|ctx| {
         let incoming = ctx.address().recipient();
+        let lost = ctx.address().recipient();
         let bridge_metrics = metrics.clone();
         let link = (!presence.is_empty()).then(|| PresenceLink {
             changed: ctx.address().recipient(),
@@ -273,7 +274,8 @@ fn start_bridged<B: Adapter + Send>(
             liveness: presence::liveness(presence_ttl),
         });
         let bridge = BridgeActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            let bridge = BridgeActor::new(adapter, bridge_config, format, incoming, bridge_metrics);
+            let bridge = BridgeActor::new(adapter, bridge_config, format, incoming, bridge_metrics)
+                .with_link_watch(lost);
             match link {
                 Some(link) => bridge.with_presence(link),
                 None => bridge,

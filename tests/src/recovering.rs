@@ -6,13 +6,16 @@
 //! *took*, and rejoins a topic with `{"since": last}`:
 //!
 //! - when its socket ends: it reconnects (retrying until it can) and rejoins every topic;
+//! - when `phx_close` or `phx_error` ends a membership it did not end itself (the node ends
+//!   the memberships of topics with history with `phx_error` when it may have missed
+//!   publications: its backend link was lost, or a position was skipped);
 //! - when a broadcast is not the next one of its stream (a hole, an older or repeated
-//!   position, another epoch): the node lost live publications, e.g. while its backend link
-//!   was down; it takes nothing more of that topic until the rejoin is answered;
-//! - when `phx_close` or `phx_error` ends a membership it did not end itself;
-//! - when its node is ready again after being unready or reconnecting its backend link
-//!   ([`ReadyWatch`]): the node does not tell its sockets that its link flapped, and a hole at
-//!   the end of a stream shows no later broadcast to reveal it.
+//!   position, another epoch): it takes nothing more of that topic until the rejoin is
+//!   answered. The node should never let that happen (it ends the membership instead); the
+//!   check counts each such broadcast as a hole.
+//!
+//! It does not watch its node's readiness to rejoin: what a client is told through its socket
+//! must be enough. [`ReadyWatch`] counts the times its node was ready again, for the report.
 //!
 //! A broadcast is taken only when its position is exactly one past the last taken in the same
 //! epoch, by a member whose join is not in flight (the rule [`crate::recovery`] replays);
@@ -275,11 +278,9 @@ impl Subscriber {
             }
             while !run.stopped() {
                 if ready.has_changed().unwrap_or(false) {
+                    // Counted only: a client learns of a lost link from its socket.
                     let _ = ready.borrow_and_update();
                     run.tally.ready_again += 1;
-                    for topic in &mut run.topics {
-                        topic.stale = true;
-                    }
                 }
                 for i in 0..run.topics.len() {
                     if run.topics[i].stale && run.rejoin(&mut client, i).await.is_err() {

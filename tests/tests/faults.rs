@@ -23,18 +23,15 @@
 //! Scenarios 1 to 5 also run *recovering subscribers* ([`Subscriber`]) on topics with history
 //! (`hist:*`, [`HISTORY_SIZE`] publications kept, from the nodes' config file): two per node,
 //! one of them through a client-side [`FaultProxy`] so its socket can be cut. Each rejoins
-//! with `since` whenever its socket drops, its stream shows a hole, or its node is ready again
-//! after an outage. For them readiness excuses nothing: every publish answered ok is delivered
-//! exactly once and in order, across every outage, or the subscriber was told
-//! `recovered: false` for exactly the span it lost ([`switchboard_e2e::recovery`]).
-//!
-//! Two of those rejoin triggers are the subscriber's own, not the node's: the node tells a
-//! socket nothing when its backend link was down (publications accepted meanwhile never reach
-//! its live subscribers), so the subscriber notices a hole in the positions or its node's
-//! `/readyz` and reconnect counter. A phoenix.js client with `clients/js/recover.mjs` rejoins
-//! only when its socket or channel drops, and takes every position it is sent as its last, so
-//! it misses such a span without being told `recovered: false`; what is checked here is that
-//! recovery is exact whenever a client asks.
+//! with `since` whenever its socket drops or the node ends a membership (`phx_error`: the node
+//! does so for topics with history when its backend link is lost or a position was skipped),
+//! as phoenix.js does; it does not watch `/readyz`. For them readiness excuses nothing: every
+//! publish answered ok is delivered exactly once and in order, across every outage, or the
+//! subscriber was told `recovered: false` for exactly the span it lost
+//! ([`switchboard_e2e::recovery`]), and the node never delivers a hole in a stream.
+//! Plain subscribers and socket publishers keep to the topics without history (a membership
+//! the node ends is theirs to rejoin; only the recovering subscriber does); the HTTP
+//! publishers publish to every topic.
 //!
 //! # Scenarios
 //!
@@ -361,14 +358,24 @@ impl Default for Plan {
 }
 
 impl Plan {
-    /// The default plan plus two topics with history, which every subscriber and publisher
-    /// uses too, and two recovering subscribers per node.
+    /// The default plan plus two topics with history, which the HTTP publishers publish to
+    /// too, and two recovering subscribers per node.
     fn recovering() -> Self {
         let mut plan = Self::default();
         plan.topics
             .extend((0..2).map(|i| format!("{HISTORY_NAMESPACE}:{i}")));
         plan.recovering = 2;
         plan
+    }
+
+    /// The topics without history: plain subscribers and socket publishers join these.
+    fn live_topics(&self) -> Vec<String> {
+        let prefix = format!("{HISTORY_NAMESPACE}:");
+        self.topics
+            .iter()
+            .filter(|t| !t.starts_with(&prefix))
+            .cloned()
+            .collect()
     }
 
     /// The topics with history.
@@ -646,17 +653,17 @@ impl Traffic {
             let node = cluster.node(side);
             for i in 0..plan.subscribers {
                 let name = format!("{side:?}-sub{i}");
-                traffic.subscribe(node, name, &plan.topics).await;
+                traffic.subscribe(node, name, &plan.live_topics()).await;
             }
             traffic.start_recovering(side, node, plan).await;
             for i in 0..plan.socket_publishers {
                 let name = format!("{side:?}-ws{i}");
                 let mut client = node.connect().await;
-                join_recorded(&mut client, &name, &plan.topics, &traffic.history).await;
+                join_recorded(&mut client, &name, &plan.live_topics(), &traffic.history).await;
                 traffic.publishers.push(tokio::spawn(socket_publisher(
                     client,
                     name,
-                    plan.topics.clone(),
+                    plan.live_topics(),
                     Arc::clone(&traffic.history),
                     plan.interval,
                     publishing.clone(),
@@ -912,6 +919,10 @@ fn assert_recovery(
     assert!(
         recovery.subscriptions > 0 && recovery.owed > 0,
         "the recovering subscribers were owed nothing: {checked}"
+    );
+    assert_eq!(
+        recovery.holes, 0,
+        "the node delivered a hole in a stream instead of ending the membership: {checked}"
     );
     assert_eq!(
         recovery.not_recovered, recovery.not_recovered_new_epoch,

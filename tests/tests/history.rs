@@ -388,3 +388,95 @@ async fn postgres_producers_publish_with_history_in_their_transactions() {
         .await;
     assert!(refused.is_err(), "reserved topics are refused");
 }
+
+/// A node whose link to the backend is lost can no longer vouch for its history topics:
+/// their memberships end with `phx_error` (so phoenix.js rejoins), a rejoin with `since` is
+/// refused while the link is down, and once it is back the rejoin recovers exactly what was
+/// published on the other node meanwhile. Nothing is missed without the client being told.
+async fn link_loss_ends_history_memberships_and_the_rejoin_recovers(kind: BackendKind) {
+    use switchboard_e2e::FaultProxy;
+
+    let config = config_file(&format!("{}-link-loss", kind.name()));
+    let server = BackendServer::start(kind);
+    let proxy = FaultProxy::start(server.addr());
+    let base = [
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--backend-timeout",
+        "2s",
+    ];
+    let args = |url: &str| -> Vec<String> {
+        let mut args: Vec<String> = base.iter().map(|s| (*s).to_owned()).collect();
+        args.extend(server.node_args(url));
+        args
+    };
+    let (direct, via_proxy) = (args(&server.url()), args(&server.url_via(proxy.addr())));
+    let a = Node::start(&direct.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = Node::start(&via_proxy.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_bridge_up(&[&a, &b]).await;
+
+    let topic = "feed:lost";
+    let plain = "room:lost";
+    let mut client = b.connect().await;
+    let reply = client.join(topic).await;
+    assert_eq!(reply.status(), "ok", "{reply}");
+    let join_ref = reply.msg_ref().expect("join ref").to_owned();
+    client.join_ok(plain).await;
+    let first = publish(&a, topic, 1).await;
+    assert_eq!(
+        received(&mut client, topic, 1).await,
+        vec![(first.clone(), 1)]
+    );
+
+    // B's link goes silent: within --backend-timeout its history membership ends, in order
+    // after what it was sent, under the membership's join_ref.
+    proxy.black_hole();
+    let error = client
+        .recv_until("phx_error on the history topic", |f| {
+            f.topic() == topic && f.event() == "phx_error"
+        })
+        .await;
+    assert_eq!(error.join_ref(), Some(join_ref.as_str()), "{error}");
+    assert_eq!(error.msg_ref(), Some(join_ref.as_str()), "{error}");
+    let pending = client.take_pending();
+    assert!(
+        pending
+            .iter()
+            .all(|f| f.topic() != plain || f.event() != "phx_error"),
+        "a topic without history keeps its membership: {pending:?}"
+    );
+
+    // A's link is fine: publications go on there.
+    let mut missed = Vec::new();
+    for n in 2..=6 {
+        missed.push((publish(&a, topic, n).await, n));
+    }
+    // While B cannot reach the backend, a rejoin that asks to recover is refused.
+    let refused = client
+        .join_with(topic, json!({ "since": first.clone() }))
+        .await;
+    assert_eq!(refused.status(), "error", "{refused}");
+
+    // The link is back: the rejoin recovers exactly the missed ones, then live ones follow.
+    proxy.pass();
+    wait_bridge_up(&[&b]).await;
+    let reply = client
+        .join_with(topic, json!({ "since": first.clone() }))
+        .await;
+    assert_eq!(reply.status(), "ok", "{reply}");
+    assert_eq!(reply.payload()["response"]["recovered"], true, "{reply}");
+    assert_eq!(received(&mut client, topic, 5).await, missed);
+    let live = publish(&a, topic, 7).await;
+    assert_eq!(received(&mut client, topic, 1).await, vec![(live, 7)]);
+    assert!(b.metric("switchboard_streams_broken_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_link_loss_ends_history_memberships_and_the_rejoin_recovers() {
+    link_loss_ends_history_memberships_and_the_rejoin_recovers(BackendKind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_link_loss_ends_history_memberships_and_the_rejoin_recovers() {
+    link_loss_ends_history_memberships_and_the_rejoin_recovers(BackendKind::Postgres).await;
+}

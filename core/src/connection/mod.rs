@@ -52,7 +52,7 @@ pub use io::{
 };
 pub use limits::Limits;
 
-use crate::codec::{decode_request_addressed, encode_close, encode_reply, Rejected};
+use crate::codec::{decode_request_addressed, encode_close, encode_parts, encode_reply, Rejected};
 use crate::frame::{ClientFrame, Payload, Reply, Request};
 use crate::history::Position;
 use crate::presence::{self, Identity, Meta, MetaError, PresenceRules};
@@ -80,6 +80,9 @@ enum Membership {
         msg_ref: Option<String>,
         /// Frames about this topic that arrived meanwhile, in order.
         waiting: VecDeque<ClientFrame>,
+        /// The server ended the membership this join is making before its answer came
+        /// ([`Connection::handle_stream_broken`]): once answered, it ends at once.
+        broken: bool,
     },
     /// Joined; requests must carry this `join_ref` (or none).
     Joined { join_ref: Option<String> },
@@ -195,11 +198,14 @@ impl Connection {
             .map(|(topic, _)| topic)
     }
 
-    /// Topics whose join waits for the driver's answer.
+    /// Topics whose join waits for the driver's answer (but for joins whose membership the
+    /// server already ended: see [`handle_stream_broken`](Self::handle_stream_broken)).
     pub fn joining(&self) -> impl Iterator<Item = &Topic> + '_ {
         self.memberships
             .iter()
-            .filter(|(_, membership)| matches!(membership, Membership::Joining { .. }))
+            .filter(|(_, membership)| {
+                matches!(membership, Membership::Joining { broken: false, .. })
+            })
             .map(|(topic, _)| topic)
     }
 
@@ -318,6 +324,7 @@ impl Connection {
             join_ref,
             msg_ref,
             waiting,
+            broken,
             ..
         }) = self.memberships.remove(topic)
         else {
@@ -373,11 +380,44 @@ impl Connection {
                 ));
             }
         }
+        if broken {
+            self.handle_stream_broken(topic);
+        }
         for frame in waiting {
             if self.closed {
                 break;
             }
             self.handle_frame(frame, now);
+        }
+    }
+
+    /// The server has ended this socket's membership of `topic` because it can no longer
+    /// vouch for the topic's stream (publications may have been lost on their way to this
+    /// node: its backend link went down, or a position was skipped). The client is told with
+    /// `phx_error` under the membership's `join_ref`, as Phoenix does when a channel crashes;
+    /// phoenix.js then rejoins with backoff, with `since` when its params ask to recover.
+    ///
+    /// The driver has already unsubscribed the socket, so no [`Output::Leave`] follows. A
+    /// join still waiting for its answer ends the same way right after that answer (the
+    /// membership it makes was ended before it began); a topic not joined is ignored.
+    pub fn handle_stream_broken(&mut self, topic: &Topic) {
+        if self.closed {
+            return;
+        }
+        match self.memberships.get_mut(topic) {
+            Some(Membership::Joined { .. }) => {
+                if let Some(Membership::Joined { join_ref }) = self.memberships.remove(topic) {
+                    self.send(encode_parts(
+                        join_ref.as_deref(),
+                        join_ref.as_deref(),
+                        topic.as_str(),
+                        crate::frame::events::ERROR,
+                        "{}",
+                    ));
+                }
+            }
+            Some(Membership::Joining { broken, .. }) => *broken = true,
+            None => {}
         }
     }
 
@@ -391,7 +431,7 @@ impl Connection {
         let Some(Membership::Joined { join_ref }) = self.memberships.get(topic) else {
             return;
         };
-        let frame = crate::encode_parts(
+        let frame = encode_parts(
             join_ref.as_deref(),
             None,
             topic.as_str(),
@@ -521,6 +561,7 @@ impl Connection {
                 join_ref: frame.join_ref,
                 msg_ref: frame.msg_ref,
                 waiting: VecDeque::new(),
+                broken: false,
             },
         );
         self.outputs.push_back(Output::Join {

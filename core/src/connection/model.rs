@@ -96,6 +96,9 @@ pub enum Step {
     Oversized,
     /// The server closes the socket.
     ServerClose,
+    /// The server ends the membership of a topic (index into [`TOPICS`]) whose stream it can
+    /// no longer vouch for: unsubscribed, then told.
+    StreamBroken(u8),
 }
 
 /// The limits the checks run with: small, so the steps reach them.
@@ -234,6 +237,14 @@ impl Driver {
             Step::Binary => self.connection.handle_binary(now),
             Step::Oversized => self.connection.handle_oversized(now),
             Step::ServerClose => self.connection.close(1001, "server shutting down"),
+            Step::StreamBroken(topic) => {
+                if let Ok(topic) = Topic::new(TOPICS[usize::from(*topic) % TOPICS.len()]) {
+                    if !self.closed {
+                        let _ = self.registry.unsubscribe(self.session, topic.as_str());
+                    }
+                    self.connection.handle_stream_broken(&topic);
+                }
+            }
         }
         self.perform()
     }
@@ -303,7 +314,7 @@ fn check_sent(text: &str) -> Result<(), String> {
             && (parts[0].is_null() || parts[0].is_string())
             && (parts[1].is_null() || parts[1].is_string())
             && parts[2].is_string()
-            && (parts[3] == events::REPLY || parts[3] == events::CLOSE)
+            && (parts[3] == events::REPLY || parts[3] == events::CLOSE || parts[3] == events::ERROR)
             && parts[4].is_object()
     });
     ensure!(ok, "sent a malformed frame {text}");

@@ -658,3 +658,51 @@ fn a_socket_is_closed_with_3005_when_its_token_expires() {
     );
     assert_eq!(conn.poll_timeout(), None);
 }
+
+#[test]
+fn a_broken_stream_ends_the_membership_with_phx_error() {
+    let mut conn = open();
+    joined(&mut conn, "feed:a", "3");
+    joined(&mut conn, "feed:b", "4");
+    conn.handle_stream_broken(&Topic::new("feed:a").unwrap());
+    // No leave: the driver has unsubscribed the socket already.
+    assert_eq!(
+        drain(&mut conn),
+        vec![json!(["3", "3", "feed:a", "phx_error", {}])]
+    );
+    assert_eq!(
+        conn.joined().map(Topic::as_str).collect::<Vec<_>>(),
+        ["feed:b"]
+    );
+    // A topic not joined (or no longer) is ignored.
+    conn.handle_stream_broken(&Topic::new("feed:a").unwrap());
+    conn.handle_stream_broken(&Topic::new("feed:z").unwrap());
+    assert_eq!(drain(&mut conn), Vec::<Value>::new());
+    // A push to it now is answered as one to a topic not joined.
+    conn.handle_text(r#"["3","5","feed:a","msg",{}]"#, t(1));
+    assert_eq!(frames(&drain(&mut conn))[0][3], "phx_reply");
+}
+
+#[test]
+fn a_join_whose_stream_broke_before_its_answer_ends_right_after_it() {
+    let mut conn = open();
+    conn.handle_text(r#"["7","7","feed:a","phx_join",{"since":"4:e"}]"#, t(0));
+    let id = drain(&mut conn)[0]["id"].as_u64().unwrap();
+    let topic = Topic::new("feed:a").unwrap();
+    conn.handle_stream_broken(&topic);
+    assert_eq!(drain(&mut conn), Vec::<Value>::new());
+    conn.handle_join_answer(
+        &topic,
+        JoinId(id),
+        JoinAnswer::JoinedAt {
+            position: "9:e".parse().unwrap(),
+            recovered: Some(true),
+        },
+        t(1),
+    );
+    let out = drain(&mut conn);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0][3], "phx_reply");
+    assert_eq!(out[1], json!(["7", "7", "feed:a", "phx_error", {}]));
+    assert_eq!(conn.joined().count(), 0);
+}

@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::messages::{
-    Drain, Incoming, PresenceChanged, PresenceHeld, PresenceResync, UpstreamEdge, UpstreamPresence,
-    UpstreamPublish, UpstreamRead, UpstreamWait,
+    Drain, Incoming, LinkLost, PresenceChanged, PresenceHeld, PresenceResync, UpstreamEdge,
+    UpstreamPresence, UpstreamPublish, UpstreamRead, UpstreamWait,
 };
 use crate::metrics::{self, Metrics};
 pub use backend::Backend;
@@ -69,6 +69,8 @@ pub struct BridgeActor<B: Backend> {
     incoming: Recipient<Incoming>,
     /// Where presence changes and "the bridge is up" go, when presence is on.
     presence: Option<PresenceLink>,
+    /// Told when the link is lost, once per outage.
+    link_lost: Option<Recipient<LinkLost>>,
     metrics: Arc<Metrics>,
     epoch: Instant,
     timer: Option<(Time, SpawnHandle)>,
@@ -109,11 +111,19 @@ impl<B: Backend> BridgeActor<B> {
             channels: HashMap::new(),
             incoming,
             presence: None,
+            link_lost: None,
             metrics,
             epoch: Instant::now(),
             timer: None,
             drains: Vec::new(),
         }
+    }
+
+    /// The same bridge telling `lost` whenever its link is lost (once per outage).
+    #[must_use]
+    pub fn with_link_watch(mut self, lost: Recipient<LinkLost>) -> Self {
+        self.link_lost = Some(lost);
+        self
     }
 
     /// The same bridge doing presence's share (see [`PresenceLink`]).
@@ -430,6 +440,9 @@ impl<B: Backend> BridgeActor<B> {
                 metrics::set(&self.metrics.bridge_up, 0);
                 if *notable {
                     warn!(backend, %reason, "bridge down; delivering locally only, reconnecting");
+                    if let Some(lost) = &self.link_lost {
+                        lost.do_send(LinkLost);
+                    }
                 } else {
                     debug!(backend, %reason, "reconnect failed");
                 }

@@ -49,6 +49,9 @@ pub struct Histories {
     recovering: HashMap<Topic, Vec<Recovering>>,
     /// Where each finished recovery delivered up to, until the live stream passes it.
     floors: HashMap<Topic, Vec<(SessionId, Position)>>,
+    /// The furthest position of each topic this node has seen (live, or answered to a join)
+    /// while its sockets follow the topic: the next live publication must be the one after.
+    heads: HashMap<Topic, Position>,
     next: u64,
     random: RandomState,
 }
@@ -62,6 +65,7 @@ impl Histories {
             rings: HashMap::new(),
             recovering: HashMap::new(),
             floors: HashMap::new(),
+            heads: HashMap::new(),
             next: 0,
             random: RandomState::new(),
         }
@@ -239,6 +243,62 @@ impl Histories {
         }
     }
 
+    /// A live publication of `topic` at `position` arrived: whether publications before it
+    /// never did (the same epoch, and not the one after the furthest seen). Another epoch is
+    /// a new stream (the old one expired or was lost), not a gap: it starts over.
+    pub fn follow(&mut self, topic: &Topic, position: &Position) -> bool {
+        match self.heads.get_mut(topic) {
+            Some(head) if head.epoch == position.epoch => {
+                let skipped = position.offset > head.offset.saturating_add(1);
+                if position.offset > head.offset {
+                    head.offset = position.offset;
+                }
+                skipped
+            }
+            Some(head) => {
+                *head = position.clone();
+                false
+            }
+            None => {
+                self.heads.insert(topic.clone(), position.clone());
+                false
+            }
+        }
+    }
+
+    /// A join of `topic` was answered with `position` (the stream's head when it was read):
+    /// live publications after it must follow on from it.
+    pub fn joined_at(&mut self, topic: &Topic, position: &Position) {
+        match self.heads.get_mut(topic) {
+            Some(head) if head.epoch == position.epoch && head.offset >= position.offset => {}
+            Some(head) => *head = position.clone(),
+            None => {
+                self.heads.insert(topic.clone(), position.clone());
+            }
+        }
+    }
+
+    /// No socket here follows `topic` any more (or its stream was ended): forget its head.
+    pub fn unfollow(&mut self, topic: &Topic) {
+        self.heads.remove(topic);
+    }
+
+    /// The link to the backend was lost: every head is stale.
+    pub fn unfollow_all(&mut self) {
+        self.heads.clear();
+    }
+
+    /// Ends every recovery of `topic` by `session` (its membership was ended): its join is
+    /// answered as one whose session went away.
+    pub fn abandon_recovery(&mut self, topic: &Topic, session: SessionId) {
+        if let Some(list) = self.recovering.get_mut(topic) {
+            list.retain(|r| r.session != session);
+            if list.is_empty() {
+                self.recovering.remove(topic);
+            }
+        }
+    }
+
     /// Drops memory streams quiet for their TTL (the next publication starts a new epoch).
     pub fn sweep(&mut self, now: Time) {
         self.rings.retain(|_, ring| !ring.is_expired(now));
@@ -266,6 +326,50 @@ mod tests {
 
     fn topic() -> Topic {
         Topic::new("feed:1").unwrap()
+    }
+
+    fn at(position: &str) -> Position {
+        position.parse().unwrap()
+    }
+
+    #[test]
+    fn a_skipped_offset_is_a_gap_and_another_epoch_starts_over() {
+        let mut histories = Histories::new(HistoryRules::default());
+        let t = topic();
+        assert!(!histories.follow(&t, &at("5:e")), "the first one seen");
+        assert!(!histories.follow(&t, &at("6:e")));
+        assert!(!histories.follow(&t, &at("6:e")), "a repeat is not a gap");
+        assert!(
+            !histories.follow(&t, &at("4:e")),
+            "an older one is not a gap"
+        );
+        assert!(histories.follow(&t, &at("8:e")), "7 never arrived");
+        assert!(!histories.follow(&t, &at("9:e")));
+        assert!(!histories.follow(&t, &at("1:f")), "a new stream");
+        assert!(!histories.follow(&t, &at("2:f")));
+        histories.unfollow(&t);
+        assert!(!histories.follow(&t, &at("9:f")), "forgotten: starts over");
+    }
+
+    #[test]
+    fn a_join_answer_moves_the_head_forward_only() {
+        let mut histories = Histories::new(HistoryRules::default());
+        let t = topic();
+        histories.joined_at(&t, &at("10:e"));
+        assert!(
+            !histories.follow(&t, &at("9:e")),
+            "a live copy the read had"
+        );
+        assert!(!histories.follow(&t, &at("11:e")));
+        histories.joined_at(&t, &at("3:e"));
+        assert!(histories.follow(&t, &at("13:e")), "the head stayed at 11");
+        histories.joined_at(&t, &at("2:g"));
+        assert!(
+            histories.follow(&t, &at("4:g")),
+            "the join's epoch is the stream's"
+        );
+        histories.unfollow_all();
+        assert!(!histories.follow(&t, &at("9:g")));
     }
 
     #[test]

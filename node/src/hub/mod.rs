@@ -53,7 +53,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::messages::{
-    CloseSession, Incoming, PushAnswered, UpstreamEdge, UpstreamPublish, UpstreamRead, UpstreamWait,
+    CloseSession, Incoming, LinkLost, PushAnswered, UpstreamEdge, UpstreamPublish, UpstreamRead,
+    UpstreamWait,
 };
 use crate::metrics::{self, Metrics};
 use history::Histories;
@@ -161,6 +162,7 @@ impl Hub {
         self.presence_forget(id);
         let emptied = self.registry.disconnect(id);
         for topic in emptied.topics {
+            self.histories.unfollow(&topic);
             self.edge(topic, EdgeOp::Unsubscribe);
         }
         self.update_gauges();
@@ -171,9 +173,33 @@ impl Hub {
     fn undo_join(&mut self, session: SessionId, topic: &Topic) {
         self.histories.leave(session, topic);
         if self.registry.unsubscribe(session, topic.as_str()) == Unsubscribed::LastLocal {
+            self.histories.unfollow(topic);
             self.edge(topic.clone(), EdgeOp::Unsubscribe);
         }
         self.update_gauges();
+    }
+
+    /// Ends every local membership of `topic` (a topic with history) because publications
+    /// may not have reached this node: each session is unsubscribed as if it had left, and
+    /// told in order with its deliveries, so that its client hears `phx_error` and rejoins
+    /// to recover what it missed. Returns how many memberships ended.
+    fn break_stream(&mut self, topic: &Topic) -> usize {
+        let mut members = Vec::new();
+        self.registry
+            .for_each_subscriber(topic.as_str(), |id| members.push(id));
+        for &session in &members {
+            self.histories.abandon_recovery(topic, session);
+            self.undo_join(session, topic);
+            if self.presences.rules().applies(topic) {
+                self.presence_leave(session, topic);
+            }
+            if let Some(entry) = self.sessions.get(&session) {
+                entry.outbox.broken(topic.clone());
+            }
+        }
+        self.histories.unfollow(topic);
+        metrics::add(&self.metrics.streams_broken, members.len() as u64);
+        members.len()
     }
 
     /// Unsubscribes a session that cannot keep up and tells it to close.
@@ -315,6 +341,7 @@ impl Hub {
             }
             self.histories
                 .set_floor(topic, session, recovery.position.clone());
+            self.histories.joined_at(topic, &recovery.position);
         }
         JoinAnswer::JoinedAt {
             position: recovery.position,
@@ -849,7 +876,41 @@ impl Handler<Incoming> for Hub {
             debug!(topic = %msg.topic, event = %msg.event, "message with a presence event refused");
             return;
         }
+        if let Some(position) = &msg.position {
+            if self.histories.follow(&msg.topic, position) {
+                // Publications before this one never reached this node (a message the bridge
+                // had to drop, a link that came back): its sockets rejoin and recover them.
+                let ended = self.break_stream(&msg.topic);
+                warn!(topic = %msg.topic, %position, ended, "publications skipped; memberships ended to recover them");
+                return;
+            }
+        }
         let _ = self.deliver_locally(&msg.topic, &msg.event, &msg.payload, msg.position.as_ref());
+    }
+}
+
+impl Handler<LinkLost> for Hub {
+    type Result = ();
+
+    /// Publications made elsewhere during the outage will not reach this node live: the
+    /// memberships of topics with history end now, and their clients rejoin (refused with a
+    /// reason until the link is back, then recovering exactly what they missed).
+    fn handle(&mut self, _: LinkLost, _: &mut Self::Context) {
+        let topics: Vec<Topic> = self
+            .registry
+            .topics()
+            .filter(|topic| self.histories.retention(topic).is_some())
+            .cloned()
+            .collect();
+        self.histories.unfollow_all();
+        let ended: usize = topics.iter().map(|topic| self.break_stream(topic)).sum();
+        if ended > 0 {
+            warn!(
+                ended,
+                topics = topics.len(),
+                "backend link lost; memberships of topics with history ended so their clients recover"
+            );
+        }
     }
 }
 

@@ -18,6 +18,10 @@
 //! reply, then drops frames of that topic ([`Leaving`]) until the hub's marker that it has
 //! taken the leave ([`Delivery::Left`]) comes out of the queue: everything after the marker
 //! belongs to a later join.
+//!
+//! A membership the hub ends itself, because it can no longer vouch for its topic's stream
+//! ([`Delivery::Broken`]), is ordered the same way: the marker comes after every frame of that
+//! membership, and the session tells its client where the marker stands.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,6 +54,19 @@ pub enum Delivery {
     /// The hub has unsubscribed the session from this topic: no frame of the membership it
     /// left comes after this.
     Left(Topic),
+    /// The hub has ended the session's membership of this topic because publications may
+    /// have been lost on their way to this node: no frame of that membership comes after
+    /// this, and the client is to be told (it recovers by joining again).
+    Broken(Topic),
+}
+
+/// What the session does with what it drained, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drained {
+    /// Send the frame.
+    Frame(ByteString),
+    /// Tell the client its membership of the topic ended ([`Delivery::Broken`]).
+    Broken(Topic),
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +119,14 @@ impl FrameQueue {
     fn push_left(&self, topic: Topic) -> bool {
         let mut queued = self.lock();
         queued.frames.push_back(Delivery::Left(topic));
+        queued.frames.len() == 1
+    }
+
+    /// Adds the marker that the hub ended the session's membership of `topic` (never refused,
+    /// as [`push_left`](Self::push_left)); returns whether the queue was empty.
+    fn push_broken(&self, topic: Topic) -> bool {
+        let mut queued = self.lock();
+        queued.frames.push_back(Delivery::Broken(topic));
         queued.frames.len() == 1
     }
 
@@ -162,6 +187,14 @@ impl Outbox {
         }
     }
 
+    /// Tells the session, in order with its deliveries, that the hub has ended its membership
+    /// of `topic` (see [`Delivery::Broken`]).
+    pub fn broken(&self, topic: Topic) {
+        if self.queue.push_broken(topic) && self.wake.connected() {
+            self.wake.do_send(Flush);
+        }
+    }
+
     /// Queues `frame` for the session unless that would pass the queue's bounds.
     ///
     /// # Errors
@@ -193,15 +226,21 @@ impl Leaving {
         *self.topics.entry(topic).or_default() += 1;
     }
 
-    /// The frames of `drained` to send, in order: frames of a topic being left are dropped,
-    /// and each marker ends one leave.
-    pub fn filter(&mut self, drained: VecDeque<Delivery>) -> Vec<ByteString> {
+    /// What to do with `drained`, in order: frames of a topic being left are dropped, each
+    /// [`Delivery::Left`] ends one leave, and a [`Delivery::Broken`] of a topic the session
+    /// is not leaving already is passed on (one it is leaving has ended for its client).
+    pub fn filter(&mut self, drained: VecDeque<Delivery>) -> Vec<Drained> {
         let mut frames = Vec::with_capacity(drained.len());
         for delivery in drained {
             match delivery {
                 Delivery::Frame(frame) => {
                     if self.topics.is_empty() || !self.is_left(&frame) {
-                        frames.push(frame);
+                        frames.push(Drained::Frame(frame));
+                    }
+                }
+                Delivery::Broken(topic) => {
+                    if !self.topics.contains_key(&topic) {
+                        frames.push(Drained::Broken(topic));
                     }
                 }
                 Delivery::Left(topic) => {
@@ -243,7 +282,7 @@ mod tests {
             .into_iter()
             .filter_map(|delivery| match delivery {
                 Delivery::Frame(frame) => Some(frame),
-                Delivery::Left(_) => None,
+                Delivery::Left(_) | Delivery::Broken(_) => None,
             })
             .collect()
     }
@@ -261,12 +300,35 @@ mod tests {
         let _ = queue.push(&other);
         let _ = queue.push_left(topic);
         let _ = queue.push(&new);
-        assert_eq!(leaving.filter(queue.drain()), vec![other, new.clone()]);
+        assert_eq!(
+            leaving.filter(queue.drain()),
+            vec![Drained::Frame(other), Drained::Frame(new.clone())]
+        );
         let _ = queue.push(&new);
         assert_eq!(
             leaving.filter(queue.drain()),
-            vec![new],
+            vec![Drained::Frame(new)],
             "the leave is over"
+        );
+    }
+
+    #[test]
+    fn a_broken_membership_is_passed_on_in_order_unless_it_is_being_left() {
+        let queue = FrameQueue::new(4096);
+        let (one, two) = (Topic::new("feed:1").unwrap(), Topic::new("feed:2").unwrap());
+        let before = ByteString::from(r#"[null,"5:e","feed:1","m",{}]"#);
+        let other = ByteString::from(r#"[null,null,"feed:2","m",{}]"#);
+        let mut leaving = Leaving::default();
+        leaving.begin(two.clone());
+        let _ = queue.push(&before);
+        let _ = queue.push_broken(one.clone());
+        let _ = queue.push(&other);
+        let _ = queue.push_broken(two.clone());
+        let _ = queue.push_left(two);
+        assert_eq!(
+            leaving.filter(queue.drain()),
+            vec![Drained::Frame(before), Drained::Broken(one)],
+            "feed:2 was being left: its client has its answer already"
         );
     }
 

@@ -18,7 +18,7 @@ use switchboard_core::{SessionId, Time};
 use tracing::debug;
 
 use crate::connections::ConnectionSlot;
-use crate::hub::outbox::{FrameQueue, Leaving, Outbox};
+use crate::hub::outbox::{Drained, FrameQueue, Leaving, Outbox};
 use crate::hub::presence::UpdatePresence;
 use crate::hub::{Connect, Disconnect, Hub, Publish, PushPublish, Subscribe, Unsubscribe};
 use crate::messages::{CloseSession, Flush, PushAnswered};
@@ -80,10 +80,19 @@ impl WsSession {
         Time::from_since_epoch(self.epoch.elapsed())
     }
 
-    /// Hands everything queued (and not of a membership being left) to the socket.
+    /// Hands everything queued (and not of a membership being left) to the socket, and tells
+    /// the client, in order, of memberships the hub ended.
     fn flush(&mut self, ctx: &mut SocketContext) {
-        for frame in self.leaving.filter(self.queue.drain()) {
-            ctx.text(frame);
+        for drained in self.leaving.filter(self.queue.drain()) {
+            match drained {
+                Drained::Frame(frame) => ctx.text(frame),
+                Drained::Broken(topic) => {
+                    self.engine.handle_stream_broken(&topic);
+                    // Only frames come out of a broken stream (no leave: the hub has taken
+                    // it), so this does not flush again.
+                    self.drive(ctx);
+                }
+            }
         }
     }
 
