@@ -7,9 +7,11 @@
 //! outcome is read in full before the next step starts: from the `LocalServer`, the items it
 //! returns; from the node, as many messages per client as the `LocalServer` produced for that
 //! client (a missing one times out, an extra one shows up in a later step or in the heartbeat
-//! that ends every session). Frames are compared as JSON values. After a socket closes, the
-//! test waits until the node counts as many open sockets as the `LocalServer` before it goes
-//! on, so a publish never races a disconnect.
+//! that ends every session). Frames are compared as JSON values, with each server's history
+//! epochs and presence `phx_ref`s renamed in the order they appear ([`Names`]). After a socket
+//! closes, the test waits until the node counts as many open sockets as the `LocalServer`
+//! before it goes on, so a publish never races a disconnect; on a node with presence every
+//! step waits out the batching window first.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use switchboard_core::connection::Limits;
-use switchboard_core::local::{LocalServer, Outgoing};
+use switchboard_core::history::{HistoryRules, Retention};
+use switchboard_core::local::{Handshake, LocalServer, Outgoing};
+use switchboard_core::presence::PresenceRules;
 use switchboard_core::token::TokenSecret;
 use switchboard_core::{Access, ChannelRules, Payload, Rule, SessionId, Time};
 use switchboard_e2e::{http, Client, Incoming, Node, Rng};
@@ -28,6 +32,8 @@ const SECRET: &str = "differential-test-secret-0123456789abcdef";
 const API_KEY: &str = "differential-test-api-key";
 /// How long a frame the `LocalServer` produced may take to arrive from the node.
 const WAIT: Duration = Duration::from_secs(5);
+/// The pause before each step on a node with presence: longer than the batching window.
+const PRESENCE_PAUSE: Duration = Duration::from_millis(300);
 /// Generated sessions and their length.
 const GENERATED_SESSIONS: u64 = 40;
 const GENERATED_STEPS: usize = 40;
@@ -36,10 +42,31 @@ const GENERATED_STEPS: usize = 40;
 #[derive(Debug, Default)]
 struct Config {
     token_secret: bool,
-    channels: Vec<(String, Access)>,
+    channels: Vec<(String, Channel)>,
     max_topics_per_socket: Option<usize>,
     max_topic_bytes: Option<usize>,
     max_frame_bytes: Option<usize>,
+}
+
+/// One `[channels.<namespace>]` table: every key optional, as on the node.
+#[derive(Debug, Default, Clone, Copy)]
+struct Channel {
+    join: Option<Rule>,
+    push: Option<Rule>,
+    presence: Option<bool>,
+    /// Publications kept.
+    history: Option<u32>,
+    /// In seconds.
+    history_ttl: Option<u64>,
+}
+
+impl Config {
+    /// Whether any namespace tracks presence: steps then wait out the batching window.
+    fn presence(&self) -> bool {
+        self.channels
+            .iter()
+            .any(|(_, channel)| channel.presence == Some(true))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +81,8 @@ enum Step {
         client: String,
         token: Option<Token>,
         vsn: Option<String>,
+        /// The `user` connect parameter (an open node's presence key).
+        user: Option<String>,
     },
     Send {
         client: String,
@@ -117,10 +146,10 @@ fn parse_config(value: &Value) -> Config {
             usize::try_from(n).unwrap_or(usize::MAX)
         })
     };
-    let rule = |access: &Value, key: &str| -> Rule {
-        string(&access[key], key)
-            .parse()
-            .unwrap_or_else(|e| panic!("{e}"))
+    let rule = |table: &Value, key: &str| -> Option<Rule> {
+        table
+            .get(key)
+            .map(|name| string(name, key).parse().unwrap_or_else(|e| panic!("{e}")))
     };
     let channels = value
         .get("channels")
@@ -128,12 +157,16 @@ fn parse_config(value: &Value) -> Config {
         .map(|channels| {
             channels
                 .iter()
-                .map(|(namespace, access)| {
-                    let access = Access {
-                        join: rule(access, "join"),
-                        push: rule(access, "push"),
+                .map(|(namespace, table)| {
+                    let number = |key: &str| table.get(key).and_then(Value::as_u64);
+                    let channel = Channel {
+                        join: rule(table, "join"),
+                        push: rule(table, "push"),
+                        presence: table.get("presence").and_then(Value::as_bool),
+                        history: number("history").map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+                        history_ttl: number("history_ttl"),
                     };
-                    (namespace.clone(), access)
+                    (namespace.clone(), channel)
                 })
                 .collect()
         })
@@ -176,6 +209,7 @@ fn parse_step(step: &Value) -> Step {
             client: string(client, "connect"),
             token,
             vsn,
+            user: step.get("user").map(|user| string(user, "user")),
         };
     }
     if let Some(client) = step.get("send") {
@@ -290,6 +324,7 @@ fn generate(seed: u64) -> Session {
             client: (*name).to_owned(),
             token: None,
             vsn: Some("2.0.0".to_owned()),
+            user: None,
         });
         state.open = true;
     }
@@ -306,6 +341,7 @@ fn generate(seed: u64) -> Session {
                 client,
                 token: None,
                 vsn: Some("2.0.0".to_owned()),
+                user: None,
             });
             continue;
         }
@@ -435,13 +471,23 @@ impl Servers {
         }
         if !config.channels.is_empty() {
             let mut toml = String::new();
-            for (namespace, access) in &config.channels {
-                let _ = writeln!(
-                    toml,
-                    "[channels.{namespace:?}]\njoin = {:?}\npush = {:?}\n",
-                    access.join.name(),
-                    access.push.name()
-                );
+            for (namespace, channel) in &config.channels {
+                let _ = writeln!(toml, "[channels.{namespace:?}]");
+                for (key, rule) in [("join", channel.join), ("push", channel.push)] {
+                    if let Some(rule) = rule {
+                        let _ = writeln!(toml, "{key} = {:?}", rule.name());
+                    }
+                }
+                if let Some(presence) = channel.presence {
+                    let _ = writeln!(toml, "presence = {presence}");
+                }
+                if let Some(history) = channel.history {
+                    let _ = writeln!(toml, "history = {history}");
+                }
+                if let Some(ttl) = channel.history_ttl {
+                    let _ = writeln!(toml, "history_ttl = \"{ttl}s\"");
+                }
+                toml.push('\n');
             }
             let path = dir.join("switchboard.toml");
             std::fs::write(&path, toml).expect("writable config file");
@@ -481,22 +527,47 @@ impl Servers {
                 .unwrap_or(defaults.max_frame_bytes),
             ..defaults
         };
-        // The node's reading of the rules: "*" for every namespace not listed.
-        let fallback = self
+        // The node's reading of the tables: "*" for every namespace not listed, and for the
+        // rules a table does not give.
+        let any = self
             .config
             .channels
             .iter()
             .find(|(namespace, _)| namespace == "*")
-            .map_or(Access::SECURE_DEFAULT, |(_, access)| *access);
-        let mut rules = ChannelRules::new(fallback);
-        for (namespace, access) in self.config.channels.iter().filter(|(n, _)| n != "*") {
-            rules.set(namespace.clone(), *access);
+            .map(|(_, channel)| *channel)
+            .unwrap_or_default();
+        let access = |channel: &Channel| Access {
+            join: channel
+                .join
+                .or(any.join)
+                .unwrap_or(Access::SECURE_DEFAULT.join),
+            push: channel
+                .push
+                .or(any.push)
+                .unwrap_or(Access::SECURE_DEFAULT.push),
+        };
+        let mut rules = ChannelRules::new(access(&any));
+        let mut presence = PresenceRules::none();
+        let mut history = HistoryRules::none();
+        for (namespace, channel) in &self.config.channels {
+            if namespace != "*" {
+                rules.set(namespace.clone(), access(channel));
+            }
+            if let Some(on) = channel.presence {
+                presence.set(namespace, on);
+            }
+            if let Some(size) = channel.history {
+                let ttl = Duration::from_secs(channel.history_ttl.unwrap_or(600));
+                history.set(namespace, Retention { size, ttl });
+            }
         }
         let secret = self
             .config
             .token_secret
             .then(|| TokenSecret::new(SECRET).expect("a long enough secret"));
         LocalServer::new(limits, rules, secret)
+            .with_presence(presence)
+            .with_history(&history)
     }
 }
 
@@ -513,6 +584,81 @@ struct Run<'a> {
     start: Instant,
     /// Clients open on both servers: the node's socket and the `LocalServer`'s id.
     clients: BTreeMap<String, (Client, SessionId)>,
+    /// The names of each server's epochs and `phx_ref`s.
+    node_names: Names,
+    local_names: Names,
+}
+
+/// Names one server's history epochs (`E1`, `E2`, ...) and presence `phx_ref`s (`R1`, ...) in
+/// the order they first appear, so two servers that draw different ones compare alike as long
+/// as they use them alike. In a frame a script sends, `@E1` stands for the server's epoch
+/// named `E1` (to join with `{"since": "2:@E1"}`).
+#[derive(Debug, Default)]
+struct Names {
+    epochs: Vec<String>,
+    refs: Vec<String>,
+}
+
+impl Names {
+    fn name(seen: &mut Vec<String>, prefix: &str, real: &str) -> String {
+        let index = seen.iter().position(|s| s == real).unwrap_or_else(|| {
+            seen.push(real.to_owned());
+            seen.len() - 1
+        });
+        format!("{prefix}{}", index + 1)
+    }
+
+    /// `"<offset>:<epoch>"` with the epoch named, if `text` is a position.
+    fn position(&mut self, text: &str) -> Option<String> {
+        let (offset, epoch) = text.split_once(':')?;
+        let digits = !offset.is_empty() && offset.bytes().all(|b| b.is_ascii_digit());
+        let alphanumeric = !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_alphanumeric());
+        (digits && alphanumeric)
+            .then(|| format!("{offset}:{}", Self::name(&mut self.epochs, "E", epoch)))
+    }
+
+    /// Names the positions (a frame's ref slot, `"position"` fields) and `phx_ref`s in `value`.
+    fn apply(&mut self, value: &mut Value) {
+        match value {
+            Value::Array(items) => {
+                if let [_, Value::String(slot), _, _, _] = items.as_mut_slice() {
+                    if let Some(named) = self.position(slot) {
+                        *slot = named;
+                    }
+                }
+                for item in items {
+                    self.apply(item);
+                }
+            }
+            Value::Object(fields) => {
+                for (key, item) in fields.iter_mut() {
+                    match (key.as_str(), &mut *item) {
+                        ("position", Value::String(text)) => {
+                            if let Some(named) = self.position(text) {
+                                *text = named;
+                            }
+                        }
+                        ("phx_ref" | "phx_ref_prev", Value::String(text)) => {
+                            *text = Self::name(&mut self.refs, "R", text);
+                        }
+                        _ => self.apply(item),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `text` with each `@E<n>` replaced by the epoch named `E<n>`.
+    fn substitute(&self, text: &str) -> String {
+        self.epochs
+            .iter()
+            .enumerate()
+            .rev()
+            .fold(text.to_owned(), |text, (index, epoch)| {
+                text.replace(&format!("@E{}", index + 1), epoch)
+            })
+    }
 }
 
 /// What a step produced: server-level outcomes and each client's messages, in order.
@@ -566,16 +712,24 @@ impl Run<'_> {
         let mut local = Outcome::new();
         let mut node = Outcome::new();
         match step {
-            Step::Connect { client, token, vsn } => {
+            Step::Connect {
+                client,
+                token,
+                vsn,
+                user,
+            } => {
                 assert!(
                     !self.clients.contains_key(client),
                     "step {step:?}: client {client} is open already (close it first)"
                 );
                 let token = token.as_ref().map(Self::token);
                 let at = format!("connect {client}");
-                let opened =
-                    self.local
-                        .open(vsn.as_deref(), token.as_deref(), self.now(), unix_now());
+                let handshake = Handshake {
+                    vsn: vsn.as_deref(),
+                    token: token.as_deref(),
+                    user: user.as_deref(),
+                };
+                let opened = self.local.open(handshake, self.now(), unix_now());
                 local.insert(
                     at.clone(),
                     vec![match &opened {
@@ -590,6 +744,9 @@ impl Run<'_> {
                 if let Some(token) = &token {
                     let _ = write!(query, "&token={}", percent_encode(token));
                 }
+                if let Some(user) = user {
+                    let _ = write!(query, "&user={}", percent_encode(user));
+                }
                 let url = format!("ws://{}/socket/websocket?{query}", self.node.addr());
                 let seen = match (Client::try_connect(&url).await, opened) {
                     (Ok(ws), Ok(id)) => {
@@ -602,7 +759,8 @@ impl Run<'_> {
                     }
                     (Err(e), opened) => {
                         if let Ok(id) = opened {
-                            self.local.handle_client_close(id);
+                            let outgoing = self.local.handle_client_close(id, self.now());
+                            self.local_outcome(outgoing, &mut local);
                         }
                         refusal(&e)
                     }
@@ -616,12 +774,13 @@ impl Run<'_> {
                 let id = *id;
                 for text in texts {
                     tally.frames += 1;
-                    let _ = ws.try_send_text(text.clone()).await;
+                    let _ = ws.try_send_text(self.node_names.substitute(text)).await;
                 }
                 let mut outgoing = Vec::new();
                 for text in texts {
                     let now = self.now();
-                    outgoing.extend(self.local.handle_text(id, text, now));
+                    let text = self.local_names.substitute(text);
+                    outgoing.extend(self.local.handle_text(id, &text, now));
                 }
                 self.local_outcome(outgoing, &mut local);
             }
@@ -641,7 +800,8 @@ impl Run<'_> {
                     panic!("step {step:?}: client {client} is not open");
                 };
                 ws.close().await;
-                self.local.handle_client_close(id);
+                let outgoing = self.local.handle_client_close(id, self.now());
+                self.local_outcome(outgoing, &mut local);
             }
             Step::Publish {
                 topic,
@@ -651,10 +811,18 @@ impl Run<'_> {
                 let at = format!("publish {topic}");
                 let text = payload.to_string();
                 let payload_raw = Payload::from_json(&text).expect("a JSON payload");
-                match self.local.broadcast(topic, event.as_deref(), &payload_raw) {
-                    Ok(outgoing) => {
-                        local.insert(at.clone(), vec![json!({"recipients": outgoing.len()})]);
-                        self.local_outcome(outgoing, &mut local);
+                let now = self.now();
+                match self
+                    .local
+                    .broadcast(topic, event.as_deref(), &payload_raw, now)
+                {
+                    Ok(published) => {
+                        let mut answer = json!({"recipients": published.recipients()});
+                        if let Some(position) = published.position {
+                            answer["position"] = json!(position.to_string());
+                        }
+                        local.insert(at.clone(), vec![answer]);
+                        self.local_outcome(published.outgoing, &mut local);
                     }
                     Err(e) => {
                         local.insert(at.clone(), vec![json!({"error": e.code()})]);
@@ -678,7 +846,11 @@ impl Run<'_> {
                 .unwrap_or_else(|e| panic!("POST /api/publish failed: {e}"));
                 let answer = response.json();
                 let seen = if response.status == 200 {
-                    json!({"recipients": answer["recipients"]})
+                    let mut seen = json!({"recipients": answer["recipients"]});
+                    if let Some(position) = answer.get("position") {
+                        seen["position"] = position.clone();
+                    }
+                    seen
                 } else {
                     json!({"error": answer["error"]["code"]})
                 };
@@ -732,6 +904,12 @@ impl Run<'_> {
                 .await;
         }
         tally.compared += local.values().map(Vec::len).sum::<usize>();
+        for seen in local.values_mut().flatten() {
+            self.local_names.apply(seen);
+        }
+        for seen in node.values_mut().flatten() {
+            self.node_names.apply(seen);
+        }
         (local, node)
     }
 }
@@ -769,6 +947,8 @@ async fn run_session(servers: &Servers, file: &str, session: &Session, tally: &m
         local: servers.local(),
         start: Instant::now(),
         clients: BTreeMap::new(),
+        node_names: Names::default(),
+        local_names: Names::default(),
     };
     let mut steps = session.steps.clone();
     let mut index = 0;
@@ -786,6 +966,11 @@ async fn run_session(servers: &Servers, file: &str, session: &Session, tally: &m
             continue;
         }
         let step = &steps[index];
+        if servers.config.presence() {
+            // Every presence change is then alone in its batching window on both servers, so
+            // each goes out at once (the node's within its flush tick).
+            tokio::time::sleep(PRESENCE_PAUSE).await;
+        }
         let (local, node) = run.play(step, tally).await;
         assert_eq!(
             node,
