@@ -30,12 +30,15 @@
 //! - [`presence`]: who is on a topic: members, batched diffs and state in phoenix.js' format,
 //!   and the changes a backend announces.
 //! - [`time`]: [`Time`], the time the drivers pass in; [`rate`]: [`TokenBucket`].
+//! - `compact`: the maps and sets of the state machines: hash tables on the node, plain lists
+//!   in WebAssembly (for the module's size).
 //! - `model` (feature `model`): a plain reference model and op-sequence checker shared by
 //!   property tests, fuzz targets and the wasm tests.
 #![forbid(unsafe_code)]
 
 pub mod bridge;
 pub mod codec;
+mod compact;
 pub mod connection;
 pub mod frame;
 pub mod history;

@@ -1,16 +1,10 @@
 //! The topic registry: who listens to what, and the 0↔1 edges a bridge acts on.
 
-use std::collections::{HashMap, HashSet};
-
-use foldhash::fast::RandomState;
-
+use crate::compact::{Map, Set, SetIter};
 use crate::{SessionId, Topic};
 
 /// Phoenix's default: at most 100 topics joined per socket.
 pub const DEFAULT_MAX_TOPICS_PER_SESSION: usize = 100;
-
-type Map<K, V> = HashMap<K, V, RandomState>;
-type Set<T> = HashSet<T, RandomState>;
 
 /// Up to this many subscribers a topic keeps them in a plain list; past it, in a hash set.
 const FEW: usize = 32;
@@ -94,7 +88,7 @@ impl Members {
 #[derive(Debug, Clone)]
 enum MembersIter<'a> {
     Few(std::slice::Iter<'a, SessionId>),
-    Many(std::collections::hash_set::Iter<'a, SessionId>),
+    Many(SetIter<'a, SessionId>),
 }
 
 /// What [`Registry::subscribe`] did.

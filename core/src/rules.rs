@@ -3,8 +3,7 @@
 //! A rule is evaluated against the topic and the connecting user (the token's `sub`, or
 //! nobody for an unauthenticated socket). Evaluation is pure: the node supplies the user.
 
-use std::collections::HashMap;
-
+use crate::compact::Map;
 use crate::Topic;
 
 /// Who a rule admits.
@@ -97,7 +96,7 @@ impl Access {
 /// The rules of every namespace, and the rule for namespaces not listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelRules {
-    namespaces: HashMap<String, Access>,
+    namespaces: Map<String, Access>,
     fallback: Access,
 }
 
@@ -106,7 +105,7 @@ impl ChannelRules {
     #[must_use]
     pub fn new(fallback: Access) -> Self {
         Self {
-            namespaces: HashMap::new(),
+            namespaces: Map::default(),
             fallback,
         }
     }

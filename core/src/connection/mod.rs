@@ -44,7 +44,7 @@ mod limits;
 pub mod model;
 pub mod reasons;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 pub use io::{
@@ -53,6 +53,7 @@ pub use io::{
 pub use limits::Limits;
 
 use crate::codec::{decode_request_addressed, encode_close, encode_parts, encode_reply, Rejected};
+use crate::compact::Map;
 use crate::frame::{ClientFrame, Payload, Reply, Request};
 use crate::history::Position;
 use crate::presence::{self, Identity, Meta, MetaError, PresenceRules};
@@ -96,7 +97,7 @@ pub struct Connection {
     user: Option<String>,
     presence: Arc<PresenceRules>,
     identity: Identity,
-    memberships: HashMap<Topic, Membership>,
+    memberships: Map<Topic, Membership>,
     waiting: usize,
     waiting_bytes: usize,
     pushes: TokenBucket,
@@ -127,7 +128,7 @@ impl Connection {
             user,
             presence: Arc::new(PresenceRules::none()),
             identity: Identity::default(),
-            memberships: HashMap::new(),
+            memberships: Map::default(),
             waiting: 0,
             waiting_bytes: 0,
             last_input: now,

@@ -47,17 +47,15 @@ impl Epoch {
     #[must_use]
     pub fn from_number(mut number: u64) -> Self {
         const DIGITS: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-        let mut text = Vec::with_capacity(11);
+        let mut digits = Vec::with_capacity(11);
         loop {
-            text.push(DIGITS[(number % 62) as usize]);
+            digits.push(char::from(DIGITS[(number % 62) as usize]));
             number /= 62;
             if number == 0 {
                 break;
             }
         }
-        text.reverse();
-        // The digits are ASCII.
-        Self(String::from_utf8_lossy(&text).into_owned())
+        Self(digits.into_iter().rev().collect())
     }
 
     /// The epoch's text.

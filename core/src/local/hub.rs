@@ -13,21 +13,22 @@ use crate::{Payload, Registry, SessionId, SubscribeError, Time, Topic};
 use super::list::{Entry, List};
 use super::{sorted, Outgoing, PRESENCE_BATCH_WINDOW};
 
-/// The hub's share of a [`LocalServer`]: apart from the connections so both can be borrowed
+/// The hub's share of a [`LocalServer`](super::LocalServer): apart from the connections so both can be borrowed
 /// at once.
 #[derive(Debug)]
 pub(super) struct Hub {
     pub(super) registry: Registry,
     pub(super) max_members: usize,
     /// History per namespace (`"*"`: every namespace not listed): a list rather than
-    /// [`HistoryRules`]' map, for the module's size.
+    /// [`HistoryRules`](crate::history::HistoryRules)' map, for the module's size.
     pub(super) history: Vec<(String, Retention)>,
     /// Topics with presence someone watches (lists for the same reason as `connections`).
     pub(super) presences: Vec<(Topic, Watched)>,
     /// The streams of topics with history.
     pub(super) streams: Vec<(Topic, Ring)>,
-    /// Makes epochs and this server's id (the `<node>` of `phx_ref`s).
+    /// Makes epochs and this server's id.
     pub(super) seed: u64,
+    /// This server's id: the `<node>` of its `phx_ref`s.
     pub(super) node: String,
     /// `phx_ref`s and epochs drawn so far.
     pub(super) drawn: u64,
@@ -101,6 +102,7 @@ impl Hub {
         Epoch::from_number(mix(self.seed ^ mix(self.drawn)))
     }
 
+    /// `topic`'s list, while sockets watch it.
     pub(super) fn watched(&mut self, topic: &Topic) -> Option<&mut Watched> {
         self.presences
             .iter_mut()
@@ -157,7 +159,7 @@ impl Hub {
         if let Some(presence) = presence {
             if let Err(refusal) = self.track(id, topic, presence) {
                 let _ = self.registry.unsubscribe(id, topic.as_str());
-                self.drop_if_unwatched(topic);
+                self.prune();
                 return refused(refusal);
             }
         }
@@ -259,7 +261,7 @@ impl Hub {
         let _ = self.registry.unsubscribe(id, topic.as_str());
         if let Some(watched) = self.watched(topic) {
             watched.unwatch(id);
-            self.drop_if_unwatched(topic);
+            self.prune();
         }
     }
 
@@ -268,16 +270,15 @@ impl Hub {
         for (_, watched) in &mut self.presences {
             watched.unwatch(id);
         }
-        self.presences
-            .retain(|(_, watched)| !watched.watchers.is_empty() || !watched.members.is_empty());
+        self.prune();
     }
 
-    /// Forgets `topic`'s list once nobody watches it (its pending diff and window go with it,
-    /// as on the node).
-    pub(super) fn drop_if_unwatched(&mut self, topic: &Topic) {
-        self.presences.retain(|(t, watched)| {
-            t != topic || !watched.watchers.is_empty() || !watched.members.is_empty()
-        });
+    /// Forgets the lists nobody watches any more (their pending diffs and windows go with
+    /// them, as on the node). Every other list has a watcher or a member, so only the ones a
+    /// change has just emptied go.
+    pub(super) fn prune(&mut self) {
+        self.presences
+            .retain(|(_, watched)| !watched.watchers.is_empty() || !watched.members.is_empty());
     }
 
     /// Publishes to every subscriber of `topic` (with the next position, on a topic with

@@ -174,8 +174,10 @@ impl LocalServer {
     #[must_use]
     pub fn with_namespace_history(mut self, namespace: &str, retention: Retention) -> Self {
         let history = &mut self.hub.history;
-        history.retain(|(listed, _)| listed != namespace);
-        history.push((namespace.to_owned(), retention));
+        match history.iter_mut().find(|(listed, _)| listed == namespace) {
+            Some(listed) => listed.1 = retention,
+            None => history.push((namespace.to_owned(), retention)),
+        }
         self
     }
 

@@ -144,7 +144,9 @@ impl Meta {
             push_json_string(out, prev);
         }
         let inner = &self.0.get()[1..];
-        if inner.trim_start() != "}" {
+        // JSON's whitespace is ASCII (a byte scan keeps Unicode's tables out of the
+        // WebAssembly module).
+        if inner.bytes().find(|byte| !byte.is_ascii_whitespace()) != Some(b'}') {
             out.push(',');
         }
         out.push_str(inner);

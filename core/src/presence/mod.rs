@@ -28,11 +28,10 @@ pub mod model;
 pub mod ops;
 pub mod table;
 
-use std::collections::HashMap;
-
 pub use meta::{Meta, MetaError};
 pub use table::{Member, TopicPresence};
 
+use crate::compact::Map;
 use crate::Topic;
 
 /// The push a socket gets after every join of a presence topic: the whole list.
@@ -80,7 +79,7 @@ pub fn topic_of(channel: &Topic) -> Option<Topic> {
 /// Which namespaces track presence, and the bounds that apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceRules {
-    namespaces: HashMap<String, bool>,
+    namespaces: Map<String, bool>,
     everywhere: bool,
     /// The largest meta, in bytes of JSON.
     pub max_meta_bytes: usize,
@@ -99,7 +98,7 @@ impl PresenceRules {
     #[must_use]
     pub fn none() -> Self {
         Self {
-            namespaces: HashMap::new(),
+            namespaces: Map::default(),
             everywhere: false,
             max_meta_bytes: DEFAULT_MAX_META_BYTES,
             max_members: DEFAULT_MAX_MEMBERS,
