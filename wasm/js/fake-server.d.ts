@@ -8,16 +8,55 @@ export interface ChannelAccess {
 }
 
 /**
+ * One namespace's table, as the node's `[channels.<namespace>]` (camelCased): every key is
+ * optional.
+ */
+export interface ChannelConfig {
+  /** Who may join (default: the `"*"` table's rule, else `owner`). */
+  join?: ChannelRule;
+  /** Who may push (default: the `"*"` table's rule, else `nobody`). */
+  push?: ChannelRule;
+  /** Whether the namespace's topics track who is on them (phoenix.js `Presence`); default:
+   *  the `"*"` table's, else off. */
+  presence?: boolean;
+  /** Publications each topic keeps for recovery (1 to 100000; none: no history). */
+  history?: number;
+  /** How long a topic's history is kept after its last publication, in milliseconds
+   *  (default 600000, ten minutes; needs `history`). */
+  historyTtl?: number;
+}
+
+/** One member's meta as phoenix.js' `Presence` holds it: `phx_ref` and the member's fields. */
+export interface PresenceMeta {
+  phx_ref: string;
+  /** On a diff's join that replaces a meta (`presence_update`): the `phx_ref` it replaces. */
+  phx_ref_prev?: string;
+  [field: string]: unknown;
+}
+
+/** A topic's presence list: one key per user, one meta per socket. */
+export type PresenceState = Record<string, { metas: PresenceMeta[] }>;
+
+/** What `FakeServer.publish` answers, as the node's `POST /api/publish`. */
+export interface PublishResult {
+  /** How many sockets it goes to. */
+  recipients: number;
+  /** Its place in the topic's stream (`"<offset>:<epoch>"`), on a topic with history. */
+  position?: string;
+}
+
+/**
  * Options of `new FakeServer(options)`: the node's configuration, with the same names in
  * camelCase, defaults and limits. Unknown options throw (`code: "invalid_argument"`).
  */
 export interface FakeServerOptions {
   /**
-   * Join and push rules per namespace (the part of a topic before its first `:`), as the
-   * node's `[channels]` tables; `"*"` is every namespace not listed (default: join `owner`,
-   * push `nobody`). Enforced only with a `tokenSecret`, as on the node.
+   * Join and push rules, presence and history per namespace (the part of a topic before its
+   * first `:`), as the node's `[channels]` tables; `"*"` is every namespace not listed
+   * (default: join `owner`, push `nobody`, no presence, no history). Rules are enforced only
+   * with a `tokenSecret`, as on the node.
    */
-  channels?: Record<string, ChannelAccess>;
+  channels?: Record<string, ChannelConfig>;
   /** The HS256 secret of connect tokens (at least 32 bytes). With it, a socket needs a valid
    *  `token` query parameter; without it the server is open. */
   tokenSecret?: string | null;
@@ -35,10 +74,18 @@ export interface FakeServerOptions {
   joinRate?: number;
   /** Joins and leaves at once above the rate (default 200). */
   joinBurst?: number;
+  /** Most presence members one topic may have (default 10000); a join past it gets the error
+   *  reply "too many members: ...". */
+  presenceMaxMembers?: number;
+  /** Largest presence meta (the token's `info` merged with the join's `presence`), in bytes
+   *  of JSON (default 1024, 2 to 4096). */
+  presenceMaxMetaBytes?: number;
   /** Milliseconds without a frame after which a socket is closed with 1000 (default 60000). */
   idleTimeout?: number;
-  /** The clock of idle timeouts and rate limits, in milliseconds (default
-   *  `performance.now()`). Token expiry always uses `Date.now()`. */
+  /** The clock of idle timeouts, rate limits, presence batching, history TTLs and token
+   *  lifetimes, in milliseconds (default `performance.now()`); call `tick()` after moving an
+   *  injected one. Whether a token is valid when a socket opens is checked against
+   *  `Date.now()`. */
   now?: () => number;
   /** Runs a callback later: how deliveries are made asynchronous (default
    *  `setTimeout(callback, 0)`; `queueMicrotask` keeps them flowing under fake timers). */
@@ -53,7 +100,8 @@ export interface FakeSocketInfo {
   url: string;
   /** Its URL's query parameters (the first of each). */
   params: Record<string, string>;
-  /** Its token's `sub`, or `null` without one. */
+  /** Its token's `sub`, or `null` without one (on an open server the presence key is
+   *  `params.user`). */
   user: string | null;
   /** The topics it has joined, sorted. */
   topics: string[];
@@ -193,6 +241,15 @@ export declare class FakeServer {
    * @throws Error with code `invalid_topic`, `invalid_event` or `not_serializable`.
    */
   broadcast(topic: string, event: string | null | undefined, payload: unknown): number;
+  /**
+   * `broadcast`, answered as the node's `POST /api/publish` answers: how many sockets it goes
+   * to and, on a topic with history, its position (carried in the broadcast's ref slot).
+   * @throws as `broadcast`.
+   */
+  publish(topic: string, event: string | null | undefined, payload: unknown): PublishResult;
+  /** `topic`'s presence list as phoenix.js' `Presence` holds it (the node's
+   *  `GET /api/presence`); `undefined` for a topic without presence. */
+  presence(topic: string): PresenceState | undefined;
   /** Every frame clients sent, decoded, oldest first (a new array on each read). */
   readonly frames: ClientFrameRecord[];
   /** Every socket refused at its handshake, oldest first. */
@@ -212,13 +269,16 @@ export declare class FakeServer {
   clear(): void;
   /**
    * A connect token for `sub`, valid for `ttlSeconds` (default 3600; negative: expired that
-   * long ago), signed with `tokenSecret` exactly as `switchboard token` signs it. Tokens are
-   * accepted until 30 s past `exp` (clock-skew leeway).
-   * @throws Error with code `no_token_secret` without a `tokenSecret`.
+   * long ago), signed with `tokenSecret` exactly as `switchboard token` signs it, with `info`
+   * as its `info` claim (part of every presence meta of the socket). Tokens are accepted until
+   * 30 s past `exp` (clock-skew leeway); a socket closes with 3005 "token expired" then.
+   * @throws Error with code `no_token_secret` without a `tokenSecret`, `invalid_argument`
+   * for an `info` that is not an object without `phx_` fields.
    */
-  token(sub: string, ttlSeconds?: number): string;
-  /** Closes the sockets idle for `idleTimeout` now (the server also does it on a timer); with
-   *  an injected `now`, call it after moving the clock. */
+  token(sub: string, ttlSeconds?: number, info?: Record<string, unknown>): string;
+  /** Runs the timed work now (the server also does it on a timer): sockets idle for
+   *  `idleTimeout` or whose token expired close, held presence diffs go out. With an
+   *  injected `now`, call it after moving the clock. */
   tick(): void;
 }
 

@@ -4,10 +4,11 @@
 // Shared by the package's two builds: scripts/package-js.mjs wraps this file into
 // node/index.js (CommonJS) and web/index.js (ES module), each handing `createFakeServer` its
 // wasm-bindgen build. Every protocol decision (replies, their order, error reasons, close
-// codes, limits, channel rules, tokens) is the wasm engine's: the core's LocalServer, which
-// drives the same Connection state machine as the node's sessions. What lives here is the
-// WebSocket emulation (ready states, events, asynchronous delivery), the clock and idle timer,
-// the checks of the options, and the records tests assert on.
+// codes, limits, channel rules, tokens, presence lists and diffs, history positions and
+// recovery) is the wasm engine's: the core's LocalServer, which drives the same Connection
+// state machine as the node's sessions. What lives here is the WebSocket emulation (ready
+// states, events, asynchronous delivery), the clock and timer, the checks of the options, and
+// the records tests assert on.
 
 /* eslint-disable no-unused-vars */
 function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
@@ -18,7 +19,14 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
   // The only path the node serves WebSockets on.
   const ENDPOINT = "/socket/websocket";
   const RULES = ["anyone", "authenticated", "owner", "nobody"];
-  // The node's defaults (docs/node.md), in the order the engine takes them.
+  // The node's secure default for namespaces without rules: join owner, push nobody.
+  const SECURE_DEFAULT = { join: "owner", push: "nobody" };
+  // The node's bounds of a `[channels]` table's history (docs/history.md).
+  const MAX_HISTORY = 100000;
+  const DEFAULT_HISTORY_TTL = 600000;
+  const CHANNEL_KEYS = ["join", "push", "presence", "history", "historyTtl"];
+  // The node's defaults and bounds (docs/node.md, docs/presence.md), in the order the engine
+  // takes them: [name, default, max, min].
   const LIMITS = [
     ["maxFrameBytes", 65536, 4294967295],
     ["maxTopicsPerSocket", 100, 4294967295],
@@ -27,7 +35,12 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
     ["pushBurst", 200, 4294967295],
     ["joinRate", 20, 4294967295],
     ["joinBurst", 200, 4294967295],
+    ["presenceMaxMembers", 10000, 4294967295],
+    ["presenceMaxMetaBytes", 1024, 4096, 2],
   ];
+  // Each server's seed: its history epochs and presence refs differ from every other
+  // server's in this process, and are the same from run to run.
+  let servers = 0;
   const OPTIONS = ["channels", "tokenSecret", ...LIMITS.map(([name]) => name), "idleTimeout", "now", "schedule"];
 
   const coded = (message, code, fields) => Object.assign(new Error(message), { code }, fields);
@@ -61,11 +74,11 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
         throw invalid(`unknown option ${JSON.stringify(key)}; the options are ${OPTIONS.join(", ")}`);
       }
     }
-    const limits = LIMITS.map(([name, fallback, max]) => {
+    const limits = LIMITS.map(([name, fallback, max, min = 1]) => {
       const value = options[name];
       if (value === undefined) return fallback;
-      if (!Number.isInteger(value) || value < 1 || value > max) {
-        throw invalid(`${name} must be a whole number from 1 to ${max}`);
+      if (!Number.isInteger(value) || value < min || value > max) {
+        throw invalid(`${name} must be a whole number from ${min} to ${max}`);
       }
       return value;
     });
@@ -77,8 +90,8 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
     if (tokenSecret !== undefined && typeof tokenSecret !== "string") {
       throw invalid("tokenSecret must be a string");
     }
-    const channels = readChannels(options.channels);
-    if (channels && tokenSecret === undefined) {
+    const { lines: channels, rules } = readChannels(options.channels);
+    if (rules && tokenSecret === undefined) {
       console.warn(
         "switchboard-wasm: channel rules are not enforced without tokenSecret (as on a node without --token-secret): every socket may join and push everywhere",
       );
@@ -87,40 +100,69 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
     if (typeof now !== "function") throw invalid("now must be a function returning milliseconds");
     const schedule = options.schedule ?? ((callback) => setTimeout(callback, 0));
     if (typeof schedule !== "function") throw invalid("schedule must be a function taking a callback");
-    return { channels: channels ?? "", tokenSecret, limits, idleTimeout, now, schedule };
+    return { channels, tokenSecret, limits, idleTimeout, now, clock: options.now === undefined, schedule };
   }
 
-  /** `{ namespace: { join, push } }` as the engine's `JPnamespace` lines. */
+  /**
+   * `{ namespace: { join, push, presence, history, historyTtl } }` (the node's `[channels]`
+   * tables) as the engine's `JPXsize/ttl/namespace` lines (see wasm/src/server.rs); `rules`
+   * says whether any table names a join or push rule.
+   */
   function readChannels(channels) {
-    if (channels === undefined || channels === null) return undefined;
+    if (channels === undefined || channels === null) return { lines: "", rules: false };
     if (typeof channels !== "object" || Array.isArray(channels)) {
-      throw invalid('channels must be an object such as { room: { join: "authenticated", push: "authenticated" } }');
+      throw invalid('channels must be an object such as { room: { join: "authenticated", push: "authenticated", presence: true } }');
     }
-    return Object.entries(channels)
-      .map(([namespace, access]) => {
-        // A namespace is what comes before a topic's first ':' (topics have no control
-        // characters, so a namespace with one would never match).
-        if (namespace !== "*" && (namespace === "" || namespace.includes(":") || /[\u0000-\u001f\u007f]/.test(namespace))) {
-          throw invalid(`channels.${namespace}: a namespace is the part of a topic before the first ':' (or "*")`);
+    const shape = (namespace) =>
+      invalid(
+        `channels.${namespace} must be an object with any of join, push (anyone, authenticated, owner or nobody), presence (true or false), history (publications kept) and historyTtl (milliseconds)`,
+      );
+    const tables = Object.entries(channels).map(([namespace, table]) => {
+      // A namespace is what comes before a topic's first ':' (topics have no control
+      // characters, so a namespace with one would never match).
+      if (namespace !== "*" && (namespace === "" || namespace.includes(":") || /[\u0000-\u001f\u007f]/.test(namespace))) {
+        throw invalid(`channels.${namespace}: a namespace is the part of a topic before the first ':' (or "*")`);
+      }
+      if (typeof table !== "object" || table === null || Array.isArray(table)) throw shape(namespace);
+      for (const key of Object.keys(table)) if (!CHANNEL_KEYS.includes(key)) throw shape(namespace);
+      for (const field of ["join", "push"]) {
+        const name = table[field];
+        if (name === undefined) continue;
+        if (typeof name !== "string") throw shape(namespace);
+        if (!RULES.includes(name)) {
+          throw invalid(
+            `channels.${namespace}.${field}: unknown rule ${JSON.stringify(name)}: expected anyone, authenticated, owner or nobody`,
+          );
         }
-        const shape = () =>
-          invalid(`channels.${namespace} must be { join: rule, push: rule } with rules anyone, authenticated, owner or nobody`);
-        if (typeof access !== "object" || access === null || Array.isArray(access)) throw shape();
-        for (const key of Object.keys(access)) if (key !== "join" && key !== "push") throw shape();
-        const digit = (field) => {
-          const name = access[field];
-          if (typeof name !== "string") throw shape();
-          const index = RULES.indexOf(name);
-          if (index < 0) {
-            throw invalid(
-              `channels.${namespace}.${field}: unknown rule ${JSON.stringify(name)}: expected anyone, authenticated, owner or nobody`,
-            );
-          }
-          return String(index);
-        };
-        return `${digit("join")}${digit("push")}${namespace}`;
-      })
-      .join("\n");
+      }
+      if (table.presence !== undefined && typeof table.presence !== "boolean") {
+        throw invalid(`channels.${namespace}.presence must be true or false`);
+      }
+      const { history, historyTtl } = table;
+      if (history !== undefined && (!Number.isInteger(history) || history < 1 || history > MAX_HISTORY)) {
+        throw invalid(`channels.${namespace}.history: history is the number of publications kept, 1 to ${MAX_HISTORY}`);
+      }
+      if (historyTtl !== undefined) {
+        if (history === undefined) {
+          throw invalid(`channels.${namespace}.historyTtl: historyTtl needs history (the number of publications kept)`);
+        }
+        if (!Number.isInteger(historyTtl) || historyTtl < 1 || historyTtl > 1e12) {
+          throw invalid(`channels.${namespace}.historyTtl must be a whole, positive number of milliseconds`);
+        }
+      }
+      return [namespace, table];
+    });
+    // Rules not given are those of "*" (or the secure default), as on the node.
+    const any = tables.find(([namespace]) => namespace === "*")?.[1] ?? {};
+    const fallback = { join: any.join ?? SECURE_DEFAULT.join, push: any.push ?? SECURE_DEFAULT.push };
+    const lines = tables.map(([namespace, table]) => {
+      const digit = (field) => String(RULES.indexOf(table[field] ?? fallback[field]));
+      const presence = table.presence === undefined ? "2" : table.presence ? "1" : "0";
+      const ttl = table.historyTtl ?? DEFAULT_HISTORY_TTL;
+      return `${digit("join")}${digit("push")}${presence}${table.history ?? 0}/${ttl}/${namespace}`;
+    });
+    const rules = tables.some(([, table]) => table.join !== undefined || table.push !== undefined);
+    return { lines: lines.join("\n"), rules };
   }
 
   function defaultClock() {
@@ -395,9 +437,12 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
    * delivery queue and the idle timer.
    */
   class Hub {
-    constructor(engine, now, schedule) {
+    constructor(engine, now, clock, schedule) {
       this.engine = engine;
       this.now = now;
+      // Whether `now` is the real clock: only then may a timer for a held presence diff keep
+      // Node.js running (an injected clock moves when the test says, with `tick()`).
+      this.clock = clock;
       this.schedule = schedule;
       this.sockets = new Map(); // id -> { socket, url, params }
       this.frames = [];
@@ -424,7 +469,7 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
           if (url.pathname !== ENDPOINT) {
             throw coded(`the node serves WebSockets at ${ENDPOINT}, not ${url.pathname}`, "not_found", { status: 404 });
           }
-          id = this.engine.open(params.vsn, params.token, this.now(), Math.floor(Date.now() / 1000));
+          id = this.engine.open(params.vsn, params.token, params.user, this.now(), Math.floor(Date.now() / 1000));
         } catch (error) {
           this.refusals.push({ url: url.href, status: error.status, code: error.code, message: error.message });
           socket[CLOSED_BY_SERVER](undefined);
@@ -440,11 +485,13 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
       const text = typeof data === "string" ? data : undefined;
       this.frames.push(record(id, text));
       this.perform(this.engine.receive(id, text, this.now()));
+      this.tick();
     }
 
     clientClosed(id) {
       this.sockets.delete(id);
-      this.engine.clientClose(id);
+      this.perform(this.engine.clientClose(id, this.now()));
+      this.tick();
     }
 
     /** Delivers the engine's items (`[socket, text]` and `[socket, code, reason]`) in order. */
@@ -465,11 +512,12 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
       return count;
     }
 
-    /** Runs the engine's idle check and sets the timer for its next deadline (a timer that
-     *  never keeps Node.js running). Deadlines only move later as sockets speak, so a timer set
-     *  at the earliest one is never late. */
+    /** Runs the engine's timed work (idle sockets and expired tokens close, held presence
+     *  diffs go out) and sets the timer for its next deadline. Called after every change too,
+     *  so the timer always stands at the earliest deadline. The timer never keeps Node.js
+     *  running, except for a presence diff on the real clock: a test may be waiting for it. */
     tick() {
-      const [next, ...items] = this.engine.tick(this.now());
+      const [next, diff, ...items] = this.engine.tick(this.now());
       this.perform(items);
       if (this.timer !== undefined) clearTimeout(this.timer);
       this.timer = undefined;
@@ -478,7 +526,7 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
         this.timer = undefined;
         this.tick();
       }, Math.max(0, next - this.now()));
-      this.timer?.unref?.();
+      if (!(diff && this.clock)) this.timer?.unref?.();
     }
 
     info(id) {
@@ -511,8 +559,9 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
         );
       }
       const config = readOptions(options);
-      this.#engine = new FakeServerEngine(config.channels, config.tokenSecret, config.limits, config.idleTimeout);
-      const hub = new Hub(this.#engine, config.now, config.schedule);
+      servers += 1;
+      this.#engine = new FakeServerEngine(config.channels, config.tokenSecret, config.limits, config.idleTimeout, servers);
+      const hub = new Hub(this.#engine, config.now, config.clock, config.schedule);
       this.#hub = hub;
       /** A WebSocket class whose sockets connect to this server (phoenix.js's `transport`). */
       this.WebSocket = class WebSocket extends FakeWebSocket {
@@ -525,6 +574,12 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
     /** Publishes `payload` as `event` to every socket joined to `topic`, as the node's
      *  `POST /api/publish` does; returns how many sockets it goes to. */
     broadcast(topic, event, payload) {
+      return this.publish(topic, event, payload).recipients;
+    }
+
+    /** `broadcast`, answered as the node's `POST /api/publish` answers: `{ recipients }`, and
+     *  `position` on a topic with history. */
+    publish(topic, event, payload) {
       if (typeof topic !== "string") throw invalid("topic must be a string");
       if (event !== undefined && event !== null && typeof event !== "string") throw invalid("event must be a string");
       let json;
@@ -534,7 +589,20 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
         throw coded(`payload is not JSON-serialisable: ${error.message}`, "not_serializable");
       }
       if (typeof json !== "string") throw coded("payload is not JSON-serialisable", "not_serializable");
-      return this.#hub.perform(this.#engine.broadcast(topic, event ?? undefined, json));
+      const [position, ...items] = this.#engine.broadcast(topic, event ?? undefined, json, this.#hub.now());
+      const recipients = this.#hub.perform(items);
+      // A stream that had expired restarts: its timer may move.
+      this.#hub.tick();
+      return position === undefined ? { recipients } : { recipients, position };
+    }
+
+    /** `topic`'s presence list, `{ key: { metas: [...] } }` as phoenix.js' `Presence` holds
+     *  it (what the node's `GET /api/presence` lists); `undefined` for a topic without
+     *  presence. */
+    presence(topic) {
+      if (typeof topic !== "string") throw invalid("topic must be a string");
+      const state = this.#engine.presence(topic);
+      return state === undefined ? undefined : JSON.parse(state);
     }
 
     /** Every frame clients sent, decoded, oldest first (a new array on each read). */
@@ -582,6 +650,7 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
           this.#hub.perform(this.#engine.disconnect(socket.id, code, reason, this.#hub.now()));
         }
       }
+      this.#hub.tick();
       return closed;
     }
 
@@ -593,15 +662,21 @@ function createFakeServer({ FakeServerEngine, decodeFrame, isReady }) {
 
     /**
      * Signs a connect token for `sub`, valid for `ttlSeconds` (default one hour; a negative
-     * number makes a token that expired that long ago, for tests).
+     * number makes a token that expired that long ago, for tests), with `info` as its `info`
+     * claim.
      */
-    token(sub, ttlSeconds = 3600) {
+    token(sub, ttlSeconds = 3600, info = undefined) {
       if (typeof sub !== "string" || sub === "") throw invalid("sub must be a non-empty string");
       if (!Number.isInteger(ttlSeconds)) throw invalid("ttlSeconds must be a whole number of seconds");
-      return this.#engine.token(sub, Math.floor(Date.now() / 1000) + ttlSeconds);
+      if (info !== undefined && (typeof info !== "object" || info === null || Array.isArray(info))) {
+        throw invalid("info must be an object");
+      }
+      const claim = info === undefined ? undefined : JSON.stringify(info);
+      return this.#engine.token(sub, Math.floor(Date.now() / 1000) + ttlSeconds, claim);
     }
 
-    /** Runs the idle check now (with an injected clock, call it after moving the clock). */
+    /** Runs the timed work now: idle sockets and expired tokens close, held presence diffs go
+     *  out (with an injected clock, call it after moving the clock). */
     tick() {
       this.#hub.tick();
     }

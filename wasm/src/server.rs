@@ -66,17 +66,22 @@ fn channels<'a>(
     let mut fallback = Access::SECURE_DEFAULT;
     let mut listed = Vec::new();
     let mut history = Vec::new();
-    for line in lines.split('\n') {
+    // `split_once` rather than `split`: the module links it already, `split` would add its
+    // own searcher.
+    let mut rest = lines;
+    while !rest.is_empty() {
+        let (line, next) = rest.split_once('\n').unwrap_or((rest, ""));
+        rest = next;
         let mut digits = line.bytes();
-        let (Some(join), Some(push), Some(tracked), Some(rest)) =
+        let (Some(join), Some(push), Some(tracked), Some(fields)) =
             (digits.next(), digits.next(), digits.next(), line.get(3..))
         else {
             continue;
         };
-        let mut fields = rest.splitn(3, '/');
-        let (Some(size), Some(ttl), Some(namespace)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
+        let Some((size, fields)) = fields.split_once('/') else {
+            continue;
+        };
+        let Some((ttl, namespace)) = fields.split_once('/') else {
             continue;
         };
         let number = |text: &str| text.parse::<u64>().unwrap_or_default();

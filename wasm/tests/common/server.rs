@@ -96,7 +96,7 @@ fn closes_come_back_with_code_and_reason() {
 fn sockets_need_tokens_and_rules_apply_with_a_secret() {
     // Namespace `room`: join authenticated (1), push nobody (3); everything else: nobody.
     let mut engine = Engine::new(
-        "132/0/0/room\n332/0/0/*",
+        "1320/0/room\n3320/0/*",
         Some(SECRET.into()),
         &LIMITS,
         60_000.0,
@@ -178,14 +178,8 @@ fn presence_and_history_come_from_the_channel_lines() {
     // `room`: anyone/anyone, presence on, no history; `feed`: history of 2 kept 60 s; at most
     // 2 members a topic.
     let limits = [65_536, 100, 255, 100, 200, 20, 200, 2, 1024];
-    let mut engine = Engine::new(
-        "001/0/0/room\n002/2/60000/feed",
-        None,
-        &limits,
-        60_000.0,
-        7.0,
-    )
-    .expect("valid");
+    let mut engine =
+        Engine::new("0010/0/room\n0022/60000/feed", None, &limits, 60_000.0, 7.0).expect("valid");
     let a = engine
         .open(
             Some("2.0.0".into()),
