@@ -1,6 +1,7 @@
 // FakeServer and its WebSocket class, driven by hand: the browser WebSocket's behaviour, the
 // handshake refusals, the frames the node answers, server-side broadcasts and disconnects,
-// idle timeouts on an injected clock, the records, and the options.
+// idle timeouts on an injected clock, presence lists and diffs, history positions and
+// recovery, the records, and the options.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FakeServer } from "switchboard-wasm";
@@ -280,7 +281,13 @@ test("options are checked as the node checks its configuration", () => {
   invalid({ idleTimeout: -1 }, /idleTimeout must be a positive number of milliseconds/);
   invalid({ channels: { "room:1": { join: "anyone", push: "anyone" } } }, /channels.room:1: a namespace is/);
   invalid({ channels: { room: { join: "everyone", push: "anyone" } } }, /channels.room.join: unknown rule "everyone"/);
-  invalid({ channels: { room: { join: "anyone" } } }, /channels.room must be \{ join: rule, push: rule \}/);
+  invalid({ channels: { room: { join: "anyone", size: 1 } } }, /channels.room must be an object with any of join, push/);
+  invalid({ channels: { room: "anyone" } }, /channels.room must be an object/);
+  invalid({ channels: { room: { presence: "yes" } } }, /channels.room.presence must be true or false/);
+  invalid({ channels: { feed: { history: 0 } } }, /channels.feed.history: history is the number of publications kept, 1 to 100000/);
+  invalid({ channels: { feed: { historyTtl: 1000 } } }, /channels.feed.historyTtl: historyTtl needs history/);
+  invalid({ channels: { feed: { history: 5, historyTtl: 0 } } }, /historyTtl must be a whole, positive number/);
+  invalid({ presenceMaxMetaBytes: 4097 }, /presenceMaxMetaBytes must be a whole number from 2 to 4096/);
   invalid({ now: 5 }, /now must be a function/);
   const warnings = [];
   const warn = console.warn;
@@ -292,6 +299,89 @@ test("options are checked as the node checks its configuration", () => {
   }
   assert.match(warnings[0], /not enforced without tokenSecret/);
   new FakeServer({ tokenSecret: null, maxTopicsPerSocket: 1, joinRate: 1, joinBurst: 1, pushBurst: 1, maxFrameBytes: 10 });
+});
+
+test("presence: the list after the join, then diffs batched per window, on an injected clock", async () => {
+  let now = 0;
+  const server = new FakeServer({ channels: { room: { presence: true } }, now: () => now });
+  const ada = await connect(server, `${URL}&user=ada`);
+  const bob = await connect(server, `${URL}&user=bob`);
+  ada.socket.send('["1","1","room:1","phx_join",{"presence":{"s":1}}]');
+  const [reply, state, diff] = await frames(ada.received, 3);
+  assert.deepEqual(reply, ok("1", "1", "room:1"));
+  const adaMeta = { phx_ref: state[4].ada.metas[0].phx_ref, s: 1 };
+  assert.deepEqual(state, ["1", null, "room:1", "presence_state", { ada: { metas: [adaMeta] } }]);
+  assert.deepEqual(diff, [null, null, "room:1", "presence_diff", { joins: { ada: { metas: [adaMeta] } }, leaves: {} }]);
+
+  // Within the batching window (250 ms) the next change waits for the clock.
+  now = 100;
+  bob.socket.send('["1","1","room:1","phx_join",{}]');
+  const [, bobState] = await frames(bob.received, 2);
+  const bobMeta = { phx_ref: bobState[4].bob.metas[0].phx_ref };
+  assert.deepEqual(bobState[4], { ada: { metas: [adaMeta] }, bob: { metas: [bobMeta] } });
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  assert.deepEqual(ada.received, [], "held within the window");
+  now = 250;
+  server.tick();
+  const joined = [null, null, "room:1", "presence_diff", { joins: { bob: { metas: [bobMeta] } }, leaves: {} }];
+  assert.deepEqual(await frames(ada.received, 1), [joined]);
+  assert.deepEqual(await frames(bob.received, 1), [joined]);
+  assert.deepEqual(server.presence("room:1"), { ada: { metas: [adaMeta] }, bob: { metas: [bobMeta] } });
+  assert.equal(server.presence("other:1"), undefined);
+
+  // A meta update: its reply, then one diff with the new meta and the old one.
+  now = 600;
+  ada.socket.send('["1","2","room:1","presence_update",{"s":2}]');
+  const [updated, updateDiff] = await frames(ada.received, 2);
+  assert.deepEqual(updated, ok("1", "2", "room:1"));
+  const newMeta = updateDiff[4].joins.ada.metas[0];
+  assert.deepEqual(newMeta, { phx_ref: newMeta.phx_ref, phx_ref_prev: adaMeta.phx_ref, s: 2 });
+  assert.deepEqual(updateDiff[4].leaves, { ada: { metas: [adaMeta] } });
+  await frames(bob.received, 1);
+
+  // A socket that closes leaves.
+  now = 1000;
+  ada.socket.close();
+  const [left] = await frames(bob.received, 1);
+  assert.deepEqual(left[4], { joins: {}, leaves: { ada: { metas: [{ phx_ref: newMeta.phx_ref, s: 2 }] } } });
+  assert.deepEqual(Object.keys(server.presence("room:1")), ["bob"]);
+  assert.throws(() => server.broadcast("room:1", "presence_diff", {}), { code: "invalid_event" });
+});
+
+test("history: positions in the ref slot, recovery with since, a new epoch after the TTL", async () => {
+  let now = 0;
+  const server = new FakeServer({ channels: { feed: { history: 2, historyTtl: 1000 } }, now: () => now });
+  const first = server.publish("feed:1", "m", { n: 1 });
+  assert.equal(first.recipients, 0);
+  assert.match(first.position, /^1:[A-Za-z0-9]+$/);
+  const epoch = first.position.split(":")[1];
+  assert.deepEqual(server.publish("feed:1", "m", { n: 2 }), { recipients: 0, position: `2:${epoch}` });
+  assert.deepEqual(server.publish("room:1", "m", {}), { recipients: 0 }, "no position without history");
+  server.publish("feed:1", "m", { n: 3 });
+
+  const a = await connect(server);
+  a.socket.send(`["1","1","feed:1","phx_join",{"since":"1:${epoch}"}]`);
+  assert.deepEqual(await frames(a.received, 3), [
+    ["1", "1", "feed:1", "phx_reply", { status: "ok", response: { position: `3:${epoch}`, recovered: true } }],
+    [null, `2:${epoch}`, "feed:1", "m", { n: 2 }],
+    [null, `3:${epoch}`, "feed:1", "m", { n: 3 }],
+  ]);
+  assert.equal(server.broadcast("feed:1", "m", { n: 4 }), 1);
+  assert.deepEqual(await frames(a.received, 1), [[null, `4:${epoch}`, "feed:1", "m", { n: 4 }]]);
+  // The history keeps 2: from offset 1 it no longer reaches back.
+  a.socket.send(`["2","2","feed:1","phx_join",{"since":"1:${epoch}"}]`);
+  const [, rejoined] = await frames(a.received, 2);
+  assert.deepEqual(rejoined[4].response, { position: `4:${epoch}`, recovered: false });
+
+  // Quiet for historyTtl: the stream is gone and the next one has another epoch.
+  now = 1000;
+  server.tick();
+  const fresh = server.publish("feed:1", "m", { n: 5 });
+  assert.match(fresh.position, /^1:/);
+  assert.notEqual(fresh.position.split(":")[1], epoch);
+  await frames(a.received, 1);
+  // Another server never shares an epoch.
+  assert.notEqual(new FakeServer({ channels: { feed: { history: 1 } } }).publish("feed:1", "m", {}).position, first.position);
 });
 
 test("limits apply as on the node", async () => {

@@ -19,7 +19,7 @@ import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
 
-import { Socket } from "phoenix";
+import { Presence, Socket } from "phoenix";
 import WebSocket from "ws";
 import { FakeServer } from "switchboard-wasm";
 
@@ -34,6 +34,7 @@ function fakeTarget(FakeServerClass) {
   const server = new FakeServerClass({ tokenSecret: SECRET, channels: CHANNELS });
   return {
     Socket,
+    Presence,
     url: "ws://localhost/socket",
     transport: server.WebSocket,
     token: (sub) => server.token(sub),
@@ -160,6 +161,27 @@ test("phoenix against FakeServer (ES module)", async () => {
     ["alice receives", { n: 3 }],
     ["alice pushes new_msg", { status: "ok", response: {} }],
     ["alice receives", { body: "again" }],
+    ["carol joins chat:lobby", { status: "ok", response: {} }],
+    ["carol sees", [["carol", [{ status: "online" }]]]],
+    ["dave joins chat:lobby", { status: "ok", response: {} }],
+    ["dave sees", [["carol", [{ status: "online" }]], ["dave", [{ status: "away" }]]]],
+    ["carol sees", [["carol", [{ status: "online" }]], ["dave", [{ status: "away" }]]]],
+    ["carol updates", { status: "ok", response: {} }],
+    ["dave sees", [["carol", [{ status: "typing" }]], ["dave", [{ status: "away" }]]]],
+    ["carol pushes presence_diff", { status: "error", response: { reason: "presence_state and presence_diff are sent by the server only" } }],
+    ["dave leaves chat:lobby", { status: "ok", response: {} }],
+    ["carol sees", [["carol", [{ status: "typing" }]]]],
+    ["erin joins feed:news", { status: "ok", response: { position: 0 } }],
+    ["server broadcast reaches", 1],
+    ["server broadcast reaches", 1],
+    ["erin leaves feed:news", { status: "ok", response: {} }],
+    ["server broadcast reaches", 0],
+    ["server broadcast reaches", 0],
+    ["erin rejoins feed:news since 2", { status: "ok", response: { position: 4, recovered: true } }],
+    ["server broadcast reaches", 1],
+    ["erin heard", [[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]]],
+    ["erin leaves feed:news", { status: "ok", response: {} }],
+    ["erin joins feed:news since another epoch", { status: "ok", response: { position: 5, recovered: false } }],
   ];
   assert.deepEqual(observations.esm, expected);
 });
@@ -180,6 +202,7 @@ test("phoenix against a real node observes the same", async () => {
   });
   observations.node = await scenario({
     Socket,
+    Presence,
     url: `ws://${proxy.addr}/socket`,
     transport: WebSocket,
     token: sign,
