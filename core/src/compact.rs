@@ -120,7 +120,7 @@ impl<K: Eq, V> VecMap<K, V> {
     }
 
     /// The entries.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (&K, &V)> + '_ {
         self.entries.iter().map(|(key, value)| (key, value))
     }
 }
