@@ -11,6 +11,11 @@
 // 2. A topic keeping 5 publications (short:1): the client is kept away while 20 are
 //    published; its rejoin gets recovered: false, onReload runs once, none of the 20 arrive,
 //    and later ones do.
+// 3. Node C reaches Redis through a second proxy, which drops its connections and refuses new
+//    ones while 100 of 300 publications on feed:6 are made on node B: node C ends the channel
+//    with phx_error the moment its link goes, phoenix.js rejoins (refused while the link is
+//    down), and once it is back the rejoin recovers every publication node C never received:
+//    each exactly once, in order, without onReload.
 //
 // Run with `node --test` in tests/js after `cargo build -p switchboard-node --bin switchboard`.
 // The binary is $SWITCHBOARD_BIN, else $CARGO_TARGET_DIR/debug/switchboard, else
@@ -519,6 +524,8 @@ class Client {
 // The system under test, shared by both tests.
 
 let tmp;
+let configFile;
+let redisPort;
 let nodeA;
 let nodeB;
 let proxy;
@@ -526,9 +533,9 @@ const clients = [];
 
 before(async () => {
   tmp = mkdtempSync(path.join(os.tmpdir(), "switchboard-recovery-"));
-  const configFile = path.join(tmp, "switchboard.toml");
+  configFile = path.join(tmp, "switchboard.toml");
   writeFileSync(configFile, CONFIG);
-  const redisPort = await freePort();
+  redisPort = await freePort();
   await startRedis(redisPort);
   nodeA = new Node("node A", await freePort(), redisPort, configFile);
   nodeB = new Node("node B", await freePort(), redisPort, configFile);
@@ -785,4 +792,64 @@ test("a topic whose history no longer reaches back: onReload once, the missed on
   assert.deepEqual(record.joinOks[1], record.reloads[0]);
 
   await client.disconnect();
+});
+
+test("a node that loses its backend link ends its channels, and phoenix.js recovers what the node missed", async () => {
+  const TOPIC = "feed:6";
+  const TOTAL = 300;
+  const LOSE_AT = 100;
+  const BACK_AT = 200;
+  const redisProxy = new Proxy(redisPort);
+  await redisProxy.listen();
+  const nodeC = new Node("node C", await freePort(), redisProxy.port, configFile);
+  await nodeC.start();
+  await nodeC.ready();
+  const client = new Client(`ws://${nodeC.addr}/socket`);
+  clients.push(client);
+  try {
+    await client.connect();
+    await client.join(TOPIC);
+    const record = client.topics.get(TOPIC);
+    let lostAt = null;
+    for (let seq = 1; seq <= TOTAL; seq++) {
+      await publish(nodeB, TOPIC, { seq });
+      client.changed.notify();
+      if (seq === LOSE_AT) {
+        client.note(`node C's link to Redis cut after ${seq}`);
+        redisProxy.refuse();
+        redisProxy.cut();
+        lostAt = performance.now();
+      }
+      // The outage lasts at least half a second, whatever the publishing pace.
+      if (seq > LOSE_AT && seq < BACK_AT) await sleep(5);
+      if (seq === BACK_AT) {
+        client.note(`node C's link admitted again after ${seq}`);
+        redisProxy.admit();
+      }
+    }
+    await client.changed.until(
+      "the channel to receive every message",
+      () => record.messages.length >= TOTAL,
+      DELIVERY_MS,
+      () => `${record.messages.length}/${TOTAL}\n${diagnostics(client)}\n${nodeC.stderrTail()}`,
+    );
+    await client.barrier(nodeB, "feed:barrier-c");
+    const seqs = record.messages.map((m) => m.seq);
+    const want = Array.from({ length: TOTAL }, (_, i) => i + 1);
+    assert.deepEqual(seqs, want, `each message once, in order\n${diagnostics(client)}`);
+    assert.deepEqual(record.reloads, [], "the history reached back: no reload");
+    const rejoins = record.joinOks.slice(1);
+    assert.ok(rejoins.length >= 1, `the channel rejoined after the link loss: ${JSON.stringify(record.joinOks)}`);
+    for (const ok of rejoins) assert.equal(ok.recovered, true, JSON.stringify(ok));
+    const errored = client.frames.get(TOPIC).some((frame) => frame.includes('"phx_error"'));
+    assert.ok(errored, "node C said phx_error on the channel");
+    console.log(
+      `link loss: ${record.joinErrors.length} rejoins refused while node C's link was down, ` +
+        `${rejoins.length} recovered; all ${TOTAL} arrived ${(performance.now() - lostAt).toFixed(0)} ms after the cut`,
+    );
+  } finally {
+    await client.disconnect();
+    await nodeC.kill();
+    await redisProxy.close();
+  }
 });
