@@ -114,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         client_ip_header,
         presence: Arc::new(config.presence_rules()),
+        inspector: http::admin::Inspector::new(),
     };
     let data = web::Data::new(state);
     let listener = listen(config.bind)?;

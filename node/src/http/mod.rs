@@ -6,7 +6,9 @@
 //! - [`history`]: `GET /api/history`.
 //! - [`presence`]: `GET /api/presence`.
 //! - [`health`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`admin`]: the inspector, `/admin` and its JSON endpoints under `/admin/api/`.
 
+pub mod admin;
 pub mod health;
 pub mod history;
 pub mod presence;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub client_ip_header: Option<header::HeaderName>,
     /// Which topics track presence.
     pub presence: Arc<PresenceRules>,
+    /// The inspector's start time and open tails.
+    pub inspector: admin::Inspector,
 }
 
 /// Registers every route.
@@ -66,6 +70,14 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
+        .route("/admin", web::get().to(admin::assets::page))
+        .route("/admin/", web::get().to(admin::assets::page))
+        .route("/admin/api/auth", web::get().to(admin::api::auth))
+        .route("/admin/api/status", web::get().to(admin::api::status))
+        .route("/admin/api/topics", web::get().to(admin::api::topics))
+        .route("/admin/api/topic", web::get().to(admin::api::topic))
+        .route("/admin/api/tail", web::get().to(admin::tail::tail))
+        .route("/admin/{file}", web::get().to(admin::assets::file))
         .default_service(web::to(not_found));
 }
 
@@ -111,7 +123,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         "not_found",
         format!(
             "no route for {} {}; see /socket/websocket, /api/publish, /api/history, /api/presence, /healthz, \
-             /readyz, /metrics",
+             /readyz, /metrics, /admin",
             req.method(),
             req.path()
         ),

@@ -22,11 +22,13 @@
 //! `presence_diff`s from then on ([`presence`]).
 //!
 //! # Layout
+//! - [`admin`]: read-only views for the inspector (`/admin`): topic pages, one topic.
 //! - [`outbox`]: bounded delivery from the hub to one session.
 //! - [`upstream`]: the hub's handle on a bridge.
 //! - [`history`]: the memory backend's streams and the sessions recovering a topic.
 //! - [`presence`]: member lists, this node's members, batched diffs, heartbeats.
 
+pub mod admin;
 pub mod history;
 pub mod outbox;
 pub mod presence;
