@@ -20,11 +20,21 @@ const ARRIVAL: Duration = Duration::from_secs(2);
 
 fn nodes(server: &BackendServer, extra: &[&str]) -> (Node, Node) {
     let mut args = server.node_args(&server.url());
-    // One socket joins and leaves a thousand times: no join rate limit here.
+    // One socket joins and leaves a thousand times, and one pushes as fast as the iterations
+    // go: no join or push rate limit here.
     args.extend(
-        ["--join-rate", "100000", "--join-burst", "100000"]
-            .iter()
-            .map(|s| (*s).to_owned()),
+        [
+            "--join-rate",
+            "100000",
+            "--join-burst",
+            "100000",
+            "--push-rate",
+            "100000",
+            "--push-burst",
+            "100000",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
     );
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
