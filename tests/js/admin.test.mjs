@@ -19,17 +19,17 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import readline from "node:readline";
-import { fileURLToPath } from "node:url";
 
 import { Socket } from "phoenix";
 import WebSocket from "ws";
 
-const WORKSPACE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+import { Node, WORKSPACE, stopAll, track, within as withinMs } from "./harness.mjs";
+
 const SCREENSHOT = path.join(WORKSPACE, "docs", "admin.png");
 const KEY = "inspector-test-key";
 const PATIENCE_MS = 15_000;
@@ -42,52 +42,11 @@ presence = true
 history = 50
 `;
 
-function binaryPath() {
-  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
-  const target = process.env.CARGO_TARGET_DIR
-    ? path.resolve(WORKSPACE, process.env.CARGO_TARGET_DIR)
-    : path.join(WORKSPACE, "target");
-  return path.join(target, "debug", "switchboard");
-}
-
 const scratch = mkdtempSync(path.join(os.tmpdir(), "switchboard-admin-"));
-const children = [];
 
-/** Starts a node with `args` on a free port; resolves to { child, addr, stderr }. */
+/** Starts a node with `args` on a free port; resolves to the started Node (`addr`, `child`). */
 function startNode(args) {
-  const bin = binaryPath();
-  if (!existsSync(bin)) {
-    throw new Error(
-      `the switchboard binary was not found at ${bin}: run \`cargo build -p switchboard-node\` first (or set SWITCHBOARD_BIN)`,
-    );
-  }
-  const env = { ...process.env, RUST_LOG: "warn" };
-  for (const name of Object.keys(env)) {
-    if (/^(BIND|CONFIG|API_KEY|TOKEN_SECRET|SEND_BUFFER_BYTES|WRITE_TIMEOUT|MAX_|REDIS_URL|DATABASE_URL|PUBSUB_BACKEND)/.test(name)) {
-      delete env[name];
-    }
-  }
-  const child = spawn(bin, ["--bind", "127.0.0.1:0", ...args], { env, stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  const stderr = [];
-  readline.createInterface({ input: child.stderr }).on("line", (line) => stderr.push(line));
-  const stdout = readline.createInterface({ input: child.stdout });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no listening line within 20 s:\n${stderr.join("\n")}`)), 20_000);
-    let first = true;
-    stdout.on("line", (line) => {
-      if (!first) return;
-      first = false;
-      clearTimeout(timer);
-      const match = /^switchboard listening on http:\/\/(\S+)$/.exec(line);
-      if (match) resolve({ child, addr: match[1], stderr });
-      else reject(new Error(`unexpected first stdout line ${JSON.stringify(line)}`));
-    });
-    child.on("exit", (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`node exited (${code ?? signal}) before listening:\n${stderr.join("\n")}`));
-    });
-  });
+  return new Node("node", args, { env: { RUST_LOG: "warn" } }).start();
 }
 
 /** Resolves once `check()` returns a truthy value (which it resolves with). */
@@ -135,7 +94,7 @@ function startChromium() {
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
-  children.push(child);
+  track(child);
   const stderr = [];
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`chromium did not start within 30 s:\n${stderr.join("\n")}`)), 30_000);
@@ -250,13 +209,7 @@ class Page {
 // ---- phoenix.js clients -------------------------------------------------------------------
 
 function within(what, register) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), PATIENCE_MS);
-    register((value) => {
-      clearTimeout(timer);
-      resolve(value);
-    }, reject);
-  });
+  return withinMs(what, register, PATIENCE_MS);
 }
 
 async function phoenixClient(addr, user) {
@@ -355,14 +308,7 @@ after(async () => {
     await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 5_000))]);
     page.socket.close();
   }
-  await Promise.all(
-    children.map((child) => {
-      if (child.exitCode !== null || child.signalCode !== null) return null;
-      const exited = new Promise((resolve) => child.once("exit", resolve));
-      child.kill("SIGKILL");
-      return exited;
-    }),
-  );
+  await stopAll();
   rmSync(scratch, { recursive: true, force: true, maxRetries: 5 });
 });
 

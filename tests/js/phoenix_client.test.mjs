@@ -3,96 +3,22 @@
 //
 // Run with `npm test` (or `node --test`) in tests/js after `cargo build -p switchboard-node`.
 // The binary is $SWITCHBOARD_BIN, else $CARGO_TARGET_DIR/debug/switchboard, else
-// <workspace>/target/debug/switchboard. Node 20 has no global WebSocket, so the `ws` package is
-// passed as the transport.
+// <workspace>/target/debug/switchboard (see harness.mjs, which starts it). Node 20 has no global
+// WebSocket, so the `ws` package is passed as the transport.
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import path from "node:path";
-import readline from "node:readline";
-import { fileURLToPath } from "node:url";
 
 import { Socket } from "phoenix";
 import WebSocket from "ws";
 
-const WORKSPACE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+import { Node, within as withinMs } from "./harness.mjs";
+
 const PATIENCE_MS = 10_000;
-const CONFIG_ENV_VARS = [
-  "BIND",
-  "CONFIG",
-  "MAX_FRAME_BYTES",
-  "MAX_TOPICS_PER_SOCKET",
-  "IDLE_TIMEOUT",
-  "SEND_BUFFER_BYTES",
-  "MAX_PUBLISH_BYTES",
-  "SHUTDOWN_TIMEOUT",
-];
 
-function binaryPath() {
-  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
-  const target = process.env.CARGO_TARGET_DIR
-    ? path.resolve(WORKSPACE, process.env.CARGO_TARGET_DIR)
-    : path.join(WORKSPACE, "target");
-  return path.join(target, "debug", "switchboard");
-}
-
-/** Starts the node on a free port; resolves to { child, addr, stderr } once it listens. */
-function startNode() {
-  const bin = binaryPath();
-  if (!existsSync(bin)) {
-    throw new Error(
-      `the switchboard binary was not found at ${bin}: run \`cargo build -p switchboard-node\` first (or set SWITCHBOARD_BIN)`,
-    );
-  }
-  const env = { ...process.env };
-  for (const name of CONFIG_ENV_VARS) delete env[name];
-  const child = spawn(bin, ["--bind", "127.0.0.1:0"], {
-    env,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const stderr = [];
-  readline.createInterface({ input: child.stderr }).on("line", (line) => stderr.push(line));
-  const stdout = readline.createInterface({ input: child.stdout });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`no listening line within 20 s; stderr:\n${stderr.join("\n")}`));
-    }, 20_000);
-    let first = true;
-    stdout.on("line", (line) => {
-      // Keep reading (so the pipe never fills), but only the first line matters.
-      if (!first) return;
-      first = false;
-      clearTimeout(timer);
-      const match = /^switchboard listening on http:\/\/(\S+)$/.exec(line);
-      if (match) {
-        resolve({ child, addr: match[1], stderr });
-      } else {
-        child.kill("SIGKILL");
-        reject(new Error(`unexpected first stdout line ${JSON.stringify(line)}`));
-      }
-    });
-    child.on("exit", (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`node exited (${code ?? signal}) before listening:\n${stderr.join("\n")}`));
-    });
-  });
-}
-
-/** Resolves with the value `register(resolve)` delivers, or rejects after PATIENCE_MS. */
+/** Resolves with the value `register(resolve, reject)` delivers, or rejects after PATIENCE_MS. */
 function within(what, register) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), PATIENCE_MS);
-    register((value) => {
-      clearTimeout(timer);
-      resolve(value);
-    }, (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-  });
+  return withinMs(what, register, PATIENCE_MS);
 }
 
 /** A push's outcome: resolves on "ok", rejects on "error" or "timeout". */
@@ -126,12 +52,12 @@ function connect(addr, opts = {}) {
   return opened.then(() => socket);
 }
 
-const node = await startNode();
+const node = await new Node("node", []).start();
 const sockets = [];
 
-after(() => {
+after(async () => {
   for (const socket of sockets) socket.disconnect();
-  node.child.kill("SIGKILL");
+  await node.kill();
 });
 
 test("the phoenix client joins, pushes, receives broadcasts and leaves", async () => {

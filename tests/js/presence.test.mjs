@@ -34,45 +34,34 @@
 //
 // Run with `node --test` in tests/js after `cargo build -p switchboard-node --bin switchboard`.
 // The binary is $SWITCHBOARD_BIN, else $CARGO_TARGET_DIR/debug/switchboard, else
-// <workspace>/target/debug/switchboard. `redis-server` must be on the PATH; PostgreSQL is taken
-// from $PG_BIN, else the newest /usr/lib/postgresql/*/bin, else `initdb` on the PATH (as root,
-// its commands run as the `postgres` user through runuser, as tests/src/postgres.rs does).
+// <workspace>/target/debug/switchboard (see harness.mjs). `redis-server` must be on the PATH;
+// PostgreSQL is taken from $PG_BIN, else the newest /usr/lib/postgresql/*/bin, else `initdb` on
+// the PATH (as root, its commands run as the `postgres` user through runuser, as
+// tests/src/postgres.rs does).
 // Everything started here (nodes, redis-server, the PostgreSQL cluster) is stopped when the
 // suite ends, fails, or the process exits.
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn, spawnSync } from "node:child_process";
+import { execFile, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import readline from "node:readline";
-import { fileURLToPath } from "node:url";
 
 import { Presence, Socket } from "phoenix";
 import WebSocket from "ws";
 
-const WORKSPACE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-/** How long any single step (a process start, a join, a list converging) may take. */
-const PATIENCE_MS = 20_000;
+import {
+  Condition, Node, PATIENCE_MS, freePort, killAll, sleep, startRedis as startRedisServer, waitGone, within,
+} from "./harness.mjs";
+
 /** The nodes' --presence-ttl. */
 const TTL_MS = 3_000;
 /** The nodes' --presence-max-members: exactly the members test 6 puts on one topic. */
 const MAX_MEMBERS = 2000;
 /** What a node's death may take beyond the TTL to reach other nodes' clients. */
 const TTL_SLACK_MS = 3_000;
-/** Every environment variable the node reads its options from: the test sets them by flag. */
-const NODE_ENV_VARS = [
-  "BIND", "CONFIG", "MAX_FRAME_BYTES", "MAX_TOPICS_PER_SOCKET", "IDLE_TIMEOUT",
-  "SEND_BUFFER_BYTES", "WRITE_TIMEOUT", "MAX_PUBLISH_BYTES", "SHUTDOWN_TIMEOUT", "TOKEN_SECRET",
-  "API_KEY", "OPEN_PUBLISH", "ALLOWED_ORIGINS", "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_USER",
-  "MAX_CONNECTIONS_PER_ADDRESS", "CLIENT_IP_HEADER", "MAX_TOPIC_BYTES", "PUSH_RATE", "PUSH_BURST",
-  "JOIN_RATE", "JOIN_BURST", "PRESENCE_TTL", "PRESENCE_MAX_MEMBERS", "PRESENCE_MAX_META_BYTES",
-  "PUBSUB_BACKEND", "REDIS_URL", "CHANNEL_PREFIX", "DATABASE_URL", "ENVELOPE",
-  "SUBSCRIBE_TIMEOUT", "BACKEND_TIMEOUT", "UNSUBSCRIBE_LINGER", "BRIDGE_QUEUE_MESSAGES",
-  "BRIDGE_QUEUE_BYTES",
-];
 const CONFIG = `[channels.room]
 presence = true
 `;
@@ -80,71 +69,13 @@ presence = true
 // ---------------------------------------------------------------------------------------------
 // Small tools
 
-function binaryPath() {
-  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
-  const target = process.env.CARGO_TARGET_DIR
-    ? path.resolve(WORKSPACE, process.env.CARGO_TARGET_DIR)
-    : path.join(WORKSPACE, "target");
-  return path.join(target, "debug", "switchboard");
-}
-
-/** Resolves with what `register(resolve, reject)` delivers, or rejects after `ms`. */
-function within(what, register, ms = PATIENCE_MS) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-    register(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (error) => {
-        clearTimeout(timer);
-        reject(error);
-      },
-    );
-  });
-}
-
 /**
- * A condition re-checked whenever `notify()` is called; `until(what, check)` awaits it.
- * Checks run at most every CHECK_EVERY_MS (a storm of frames costs a few checks, not one per
- * frame); `until` resolves with the time (performance.now()) the check first held.
+ * How often the suite's `world` condition (a harness.mjs Condition) runs its checks at most: a
+ * storm of frames costs a few checks, not one per frame. They also run every WORLD_POLL_MS, for
+ * a condition that turns true without a frame (a socket closing).
  */
 const CHECK_EVERY_MS = 10;
-class Condition {
-  #waiters = new Set();
-  #scheduled = null;
-
-  notify() {
-    if (this.#scheduled || this.#waiters.size === 0) return;
-    this.#scheduled = setTimeout(() => {
-      this.#scheduled = null;
-      for (const waiter of [...this.#waiters]) waiter();
-    }, CHECK_EVERY_MS);
-  }
-
-  until(what, check, ms = PATIENCE_MS, describe = () => "") {
-    if (check()) return Promise.resolve(performance.now());
-    let waiter;
-    let poll;
-    return within(what, (resolve) => {
-      waiter = () => {
-        if (check()) resolve(performance.now());
-      };
-      this.#waiters.add(waiter);
-      // A fallback for a condition that turns true without a frame (a socket closing).
-      poll = setInterval(waiter, 250);
-    }, ms)
-      .catch((error) => {
-        const detail = describe();
-        throw detail ? new Error(`${error.message}\n${detail}`) : error;
-      })
-      .finally(() => {
-        clearInterval(poll);
-        this.#waiters.delete(waiter);
-      });
-  }
-}
+const WORLD_POLL_MS = 250;
 
 /** Polls `probe()` (async, returning "" when satisfied, else what is wrong) until it holds. */
 async function eventually(what, probe, ms = PATIENCE_MS) {
@@ -161,21 +92,6 @@ async function eventually(what, probe, ms = PATIENCE_MS) {
     await sleep(100);
   }
 }
-
-/** A port nothing listens on right now (the OS's pick). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** JSON with sorted object keys, to compare metas by value. */
 function canonical(value) {
@@ -199,27 +115,10 @@ function stats(values) {
 // Processes: every child is killed, and every PostgreSQL cluster stopped, when the tests end,
 // whatever happened.
 
-const children = new Set();
 /** Temporary directories to remove on the way out. */
 const tmpDirs = new Set();
 /** PostgreSQL clusters still running: { dir, data }. pg_ctl daemonizes, so they are no children. */
 const clusters = new Set();
-
-function track(child) {
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  return child;
-}
-
-function killAll() {
-  for (const child of children) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-}
 
 function stopClustersSync() {
   for (const cluster of [...clusters]) {
@@ -238,8 +137,8 @@ function removeTmpDirs() {
   tmpDirs.clear();
 }
 
+// harness.mjs kills every child on exit (first: it was imported first).
 process.on("exit", () => {
-  killAll();
   stopClustersSync();
   removeTmpDirs();
 });
@@ -252,42 +151,8 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
   });
 }
 
-async function waitGone(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  await new Promise((resolve) => child.once("exit", resolve));
-}
-
-/** Lines a process wrote on a stream, the last `keep` of them. */
-function tail(stream, keep = 400) {
-  const lines = [];
-  readline.createInterface({ input: stream }).on("line", (line) => {
-    lines.push(line);
-    if (lines.length > keep) lines.shift();
-  });
-  return lines;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Backends. Each start function resolves to { name, args (for the node), stop(), logTail() }.
-
-/** Answers `PING` over a fresh TCP connection: whether Redis serves yet. */
-function redisPing(port) {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    let data = "";
-    const done = (ok) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(1000, () => done(false));
-    socket.on("error", () => done(false));
-    socket.on("connect", () => socket.write("PING\r\n"));
-    socket.on("data", (chunk) => {
-      data += chunk;
-      if (data.includes("\r\n")) done(data.startsWith("+PONG"));
-    });
-  });
-}
 
 /** One command over a fresh connection: its reply (arrays, bulk strings, integers). */
 function redisCommand(port, ...args) {
@@ -352,22 +217,7 @@ function parseResp(data, at) {
 
 async function startRedis() {
   const port = await freePort();
-  const child = track(
-    spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    }),
-  );
-  const output = tail(child.stdout, 50);
-  tail(child.stderr, 50);
-  let exited = null;
-  child.on("exit", (code, signal) => (exited = code ?? signal));
-  child.on("error", (error) => (exited = error.message));
-  const deadline = Date.now() + PATIENCE_MS;
-  while (!(await redisPing(port))) {
-    if (exited !== null) throw new Error(`redis-server exited (${exited}):\n${output.join("\n")}`);
-    if (Date.now() > deadline) throw new Error(`redis-server did not answer PING within ${PATIENCE_MS} ms`);
-    await sleep(25);
-  }
+  const { child, output } = await startRedisServer(port);
   return {
     name: "redis",
     args: ["--pubsub-backend", "redis", "--redis-url", `redis://127.0.0.1:${port}`],
@@ -534,104 +384,18 @@ async function startPostgres() {
 // ---------------------------------------------------------------------------------------------
 // Nodes
 
-/** A switchboard node on a fixed port; `start()` again after `kill()` restarts it there. */
-class Node {
+/**
+ * A node of the suite on a fixed port (see harness.mjs: `start()` again after `kill()` restarts
+ * it there), with the presence flags, its presence API and its metrics.
+ */
+class PresenceNode extends Node {
   constructor(name, port, backendArgs, configFile) {
-    this.name = name;
-    this.port = port;
-    this.addr = `127.0.0.1:${port}`;
-    this.args = [
-      "--bind", this.addr,
+    super(name, [
       "--config", configFile,
       "--presence-ttl", `${TTL_MS / 1000}s`,
       "--presence-max-members", String(MAX_MEMBERS),
       ...backendArgs,
-    ];
-    this.child = null;
-    /** stderr of every run of this node, runs separated by a marker line. */
-    this.stderr = [];
-    this.runs = 0;
-  }
-
-  /** Starts the node; resolves once it printed its listening line. */
-  async start() {
-    const bin = binaryPath();
-    if (!existsSync(bin)) {
-      throw new Error(
-        `the switchboard binary was not found at ${bin}: run \`cargo build -p switchboard-node --bin switchboard\` first (or set SWITCHBOARD_BIN)`,
-      );
-    }
-    const env = { ...process.env };
-    for (const name of NODE_ENV_VARS) delete env[name];
-    // A restart right after a SIGKILL may find the port still held for a moment: retry.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.#spawn(bin, env);
-      } catch (error) {
-        if (attempt >= 5 || !/address already in use|Address in use|AddrInUse/i.test(error.message)) throw error;
-        await sleep(200 * attempt);
-      }
-    }
-  }
-
-  #spawn(bin, env) {
-    this.runs += 1;
-    this.stderr.push(`----- ${this.name} run ${this.runs} -----`);
-    const child = track(spawn(bin, this.args, { env, stdio: ["ignore", "pipe", "pipe"] }));
-    this.child = child;
-    readline.createInterface({ input: child.stderr }).on("line", (line) => {
-      this.stderr.push(line);
-      if (this.stderr.length > 2000) this.stderr.shift();
-    });
-    const stdout = readline.createInterface({ input: child.stdout });
-    return new Promise((resolve, reject) => {
-      let first = true;
-      const timer = setTimeout(() => {
-        child.kill("SIGKILL");
-        reject(new Error(`${this.name}: no listening line within ${PATIENCE_MS} ms\n${this.stderrTail()}`));
-      }, PATIENCE_MS);
-      stdout.on("line", (line) => {
-        // Keep reading so the pipe never fills; only the first line matters.
-        if (!first) return;
-        first = false;
-        clearTimeout(timer);
-        if (line === `switchboard listening on http://${this.addr}`) {
-          resolve();
-        } else {
-          child.kill("SIGKILL");
-          reject(new Error(`${this.name}: unexpected first stdout line ${JSON.stringify(line)}`));
-        }
-      });
-      child.on("exit", (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`${this.name} exited (${code ?? signal}) before listening\n${this.stderrTail()}`));
-      });
-    });
-  }
-
-  /** Resolves once /readyz answers 200 (the bridge is up). */
-  async ready() {
-    const deadline = Date.now() + PATIENCE_MS;
-    for (;;) {
-      try {
-        const response = await fetch(`http://${this.addr}/readyz`);
-        await response.arrayBuffer();
-        if (response.status === 200) return;
-      } catch {
-        // not listening yet
-      }
-      if (Date.now() > deadline) throw new Error(`${this.name} not ready within ${PATIENCE_MS} ms\n${this.stderrTail()}`);
-      await sleep(25);
-    }
-  }
-
-  /** SIGKILLs the node; resolves once it is gone. */
-  kill() {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-    const gone = new Promise((resolve) => child.once("exit", resolve));
-    child.kill("SIGKILL");
-    return gone;
+    ], { port });
   }
 
   /** GET /api/presence?topic=..: the parsed answer (asserts 200). */
@@ -652,10 +416,6 @@ class Node {
       if (match) values.set(match[1], Number(match[2]));
     }
     return values;
-  }
-
-  stderrTail(lines = 40) {
-    return `${this.name} stderr (last ${lines} lines):\n${this.stderr.slice(-lines).join("\n")}`;
   }
 }
 
@@ -882,7 +642,7 @@ function presenceSuite(backendKind) {
     nodeA: null,
     nodeB: null,
     clients: new Set(),
-    world: new Condition(),
+    world: new Condition({ batchMs: CHECK_EVERY_MS, pollMs: WORLD_POLL_MS }),
     /** (client, record, event, payload) => void, run on every presence frame. */
     invariants: new Set(),
     /** Samples of every node's liveness on the backend: { at, left: Map(node id -> ms) }. */
@@ -897,8 +657,8 @@ function presenceSuite(backendKind) {
     const configFile = path.join(tmp, "switchboard.toml");
     writeFileSync(configFile, CONFIG);
     sys.backend = await backendKind.start();
-    sys.nodeA = new Node("node A", await freePort(), sys.backend.args, configFile);
-    sys.nodeB = new Node("node B", await freePort(), sys.backend.args, configFile);
+    sys.nodeA = new PresenceNode("node A", await freePort(), sys.backend.args, configFile);
+    sys.nodeB = new PresenceNode("node B", await freePort(), sys.backend.args, configFile);
     await Promise.all([sys.nodeA.start(), sys.nodeB.start()]);
     await Promise.all([sys.nodeA.ready(), sys.nodeB.ready()]);
     // How much liveness each node has left on the backend, sampled all along: a live node

@@ -19,39 +19,24 @@
 //
 // Run with `node --test` in tests/js after `cargo build -p switchboard-node --bin switchboard`.
 // The binary is $SWITCHBOARD_BIN, else $CARGO_TARGET_DIR/debug/switchboard, else
-// <workspace>/target/debug/switchboard; `redis-server` must be on the PATH.
+// <workspace>/target/debug/switchboard (see harness.mjs); `redis-server` must be on the PATH.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import readline from "node:readline";
-import { fileURLToPath } from "node:url";
 
 import { Socket } from "phoenix";
 import WebSocket from "ws";
 
 import { joinRecoverable } from "../../clients/js/recover.mjs";
+import { Condition, Node, PATIENCE_MS, freePort, sleep, startRedis, stopAll, within } from "./harness.mjs";
 
-const WORKSPACE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-/** How long any single step (a process start, a join, a reconnect) may take. */
-const PATIENCE_MS = 20_000;
 /** How long the client may take to receive everything after the last publication. */
 const DELIVERY_MS = 20_000;
 const POSITION = /^(\d+):([A-Za-z0-9]+)$/;
-/** Every environment variable the node reads its options from: the test sets them by flag. */
-const NODE_ENV_VARS = [
-  "BIND", "CONFIG", "MAX_FRAME_BYTES", "MAX_TOPICS_PER_SOCKET", "IDLE_TIMEOUT",
-  "SEND_BUFFER_BYTES", "WRITE_TIMEOUT", "MAX_PUBLISH_BYTES", "SHUTDOWN_TIMEOUT", "TOKEN_SECRET",
-  "API_KEY", "OPEN_PUBLISH", "ALLOWED_ORIGINS", "MAX_CONNECTIONS", "MAX_CONNECTIONS_PER_USER",
-  "MAX_CONNECTIONS_PER_ADDRESS", "CLIENT_IP_HEADER", "MAX_TOPIC_BYTES", "PUSH_RATE", "PUSH_BURST",
-  "JOIN_RATE", "JOIN_BURST", "PUBSUB_BACKEND", "REDIS_URL", "CHANNEL_PREFIX", "DATABASE_URL",
-  "ENVELOPE", "SUBSCRIBE_TIMEOUT", "BACKEND_TIMEOUT", "UNSUBSCRIBE_LINGER",
-  "BRIDGE_QUEUE_MESSAGES", "BRIDGE_QUEUE_BYTES",
-];
 // Every node sharing a Redis must have the same history rules (the last to connect loads the
 // Redis function library with its own), so both nodes get this one file.
 const CONFIG = `[channels.feed]
@@ -65,244 +50,13 @@ history = 5
 // ---------------------------------------------------------------------------------------------
 // Small tools
 
-function binaryPath() {
-  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
-  const target = process.env.CARGO_TARGET_DIR
-    ? path.resolve(WORKSPACE, process.env.CARGO_TARGET_DIR)
-    : path.join(WORKSPACE, "target");
-  return path.join(target, "debug", "switchboard");
-}
-
-/** Resolves with what `register(resolve, reject)` delivers, or rejects after `ms`. */
-function within(what, register, ms = PATIENCE_MS) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-    register(
-      (value) => {
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (error) => {
-        clearTimeout(timer);
-        reject(error);
-      },
-    );
-  });
-}
-
-/** A condition re-checked whenever `notify()` is called; `until(what, check)` awaits it. */
-class Condition {
-  #waiters = new Set();
-
-  notify() {
-    for (const waiter of [...this.#waiters]) waiter();
-  }
-
-  until(what, check, ms = PATIENCE_MS, describe = () => "") {
-    if (check()) return Promise.resolve();
-    let waiter;
-    return within(what, (resolve) => {
-      waiter = () => {
-        if (check()) resolve();
-      };
-      this.#waiters.add(waiter);
-    }, ms)
-      .catch((error) => {
-        const detail = describe();
-        throw detail ? new Error(`${error.message}\n${detail}`) : error;
-      })
-      .finally(() => this.#waiters.delete(waiter));
-  }
-}
-
-/** A port nothing listens on right now (the OS's pick). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.unref();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// ---------------------------------------------------------------------------------------------
-// Processes: every child is killed when the tests end, whatever happened.
-
-const children = new Set();
-
-function track(child) {
-  children.add(child);
-  child.on("exit", () => children.delete(child));
-  return child;
-}
-
-function killAll() {
-  for (const child of children) {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-}
-process.on("exit", killAll);
-
-/** Lines a process wrote on a stream, the last `keep` of them. */
-function tail(stream, keep = 400) {
-  const lines = [];
-  readline.createInterface({ input: stream }).on("line", (line) => {
-    lines.push(line);
-    if (lines.length > keep) lines.shift();
-  });
-  return lines;
-}
-
-/** Answers `PING` over a fresh TCP connection: whether Redis serves yet. */
-function redisPing(port) {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, "127.0.0.1");
-    let data = "";
-    const done = (ok) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(1000, () => done(false));
-    socket.on("error", () => done(false));
-    socket.on("connect", () => socket.write("PING\r\n"));
-    socket.on("data", (chunk) => {
-      data += chunk;
-      if (data.includes("\r\n")) done(data.startsWith("+PONG"));
-    });
-  });
-}
-
-async function startRedis(port) {
-  const child = track(
-    spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-      stdio: ["ignore", "pipe", "pipe"],
-    }),
-  );
-  const output = tail(child.stdout, 50);
-  tail(child.stderr, 50);
-  let exited = null;
-  child.on("exit", (code, signal) => (exited = code ?? signal));
-  child.on("error", (error) => (exited = error.message));
-  const deadline = Date.now() + PATIENCE_MS;
-  while (!(await redisPing(port))) {
-    if (exited !== null) throw new Error(`redis-server exited (${exited}):\n${output.join("\n")}`);
-    if (Date.now() > deadline) throw new Error(`redis-server did not answer PING within ${PATIENCE_MS} ms`);
-    await sleep(25);
-  }
-  return child;
-}
-
-/** A switchboard node on a fixed port; `start()` again after `kill()` restarts it there. */
-class Node {
-  constructor(name, port, redisPort, configFile) {
-    this.name = name;
-    this.port = port;
-    this.addr = `127.0.0.1:${port}`;
-    this.args = [
-      "--bind", this.addr,
-      "--config", configFile,
-      "--pubsub-backend", "redis",
-      "--redis-url", `redis://127.0.0.1:${redisPort}`,
-    ];
-    this.child = null;
-    /** stderr of every run of this node, runs separated by a marker line. */
-    this.stderr = [];
-    this.runs = 0;
-  }
-
-  /** Starts the node; resolves once it printed its listening line. */
-  async start() {
-    const bin = binaryPath();
-    if (!existsSync(bin)) {
-      throw new Error(
-        `the switchboard binary was not found at ${bin}: run \`cargo build -p switchboard-node --bin switchboard\` first (or set SWITCHBOARD_BIN)`,
-      );
-    }
-    const env = { ...process.env };
-    for (const name of NODE_ENV_VARS) delete env[name];
-    // A restart right after a SIGKILL may find the port still held for a moment: retry.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.#spawn(bin, env);
-      } catch (error) {
-        if (attempt >= 5 || !/address already in use|Address in use|AddrInUse/i.test(error.message)) throw error;
-        await sleep(200 * attempt);
-      }
-    }
-  }
-
-  #spawn(bin, env) {
-    this.runs += 1;
-    this.stderr.push(`----- ${this.name} run ${this.runs} -----`);
-    const child = track(spawn(bin, this.args, { env, stdio: ["ignore", "pipe", "pipe"] }));
-    this.child = child;
-    readline.createInterface({ input: child.stderr }).on("line", (line) => {
-      this.stderr.push(line);
-      if (this.stderr.length > 2000) this.stderr.shift();
-    });
-    const stdout = readline.createInterface({ input: child.stdout });
-    return new Promise((resolve, reject) => {
-      let first = true;
-      const timer = setTimeout(() => {
-        child.kill("SIGKILL");
-        reject(new Error(`${this.name}: no listening line within ${PATIENCE_MS} ms\n${this.stderrTail()}`));
-      }, PATIENCE_MS);
-      stdout.on("line", (line) => {
-        // Keep reading so the pipe never fills; only the first line matters.
-        if (!first) return;
-        first = false;
-        clearTimeout(timer);
-        if (line === `switchboard listening on http://${this.addr}`) {
-          resolve();
-        } else {
-          child.kill("SIGKILL");
-          reject(new Error(`${this.name}: unexpected first stdout line ${JSON.stringify(line)}`));
-        }
-      });
-      child.on("exit", (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`${this.name} exited (${code ?? signal}) before listening\n${this.stderrTail()}`));
-      });
-    });
-  }
-
-  /** Resolves once /readyz answers 200 (connected to Redis and subscribed). */
-  async ready() {
-    const deadline = Date.now() + PATIENCE_MS;
-    for (;;) {
-      try {
-        const response = await fetch(`http://${this.addr}/readyz`);
-        await response.arrayBuffer();
-        if (response.status === 200) return;
-      } catch {
-        // not listening yet
-      }
-      if (Date.now() > deadline) throw new Error(`${this.name} not ready within ${PATIENCE_MS} ms\n${this.stderrTail()}`);
-      await sleep(25);
-    }
-  }
-
-  /** SIGKILLs the node; resolves once it is gone. */
-  kill() {
-    const child = this.child;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-    const gone = new Promise((resolve) => child.once("exit", resolve));
-    child.kill("SIGKILL");
-    return gone;
-  }
-
-  stderrTail(lines = 40) {
-    return `${this.name} stderr (last ${lines} lines):\n${this.stderr.slice(-lines).join("\n")}`;
-  }
+/** A node of this suite on `port`: `configFile`, and the Redis at `redisPort` for pub/sub. */
+function redisNode(name, port, redisPort, configFile) {
+  return new Node(name, [
+    "--config", configFile,
+    "--pubsub-backend", "redis",
+    "--redis-url", `redis://127.0.0.1:${redisPort}`,
+  ], { port });
 }
 
 /**
@@ -537,8 +291,8 @@ before(async () => {
   writeFileSync(configFile, CONFIG);
   redisPort = await freePort();
   await startRedis(redisPort);
-  nodeA = new Node("node A", await freePort(), redisPort, configFile);
-  nodeB = new Node("node B", await freePort(), redisPort, configFile);
+  nodeA = redisNode("node A", await freePort(), redisPort, configFile);
+  nodeB = redisNode("node B", await freePort(), redisPort, configFile);
   await Promise.all([nodeA.start(), nodeB.start()]);
   await Promise.all([nodeA.ready(), nodeB.ready()]);
   proxy = new Proxy(nodeA.port);
@@ -556,13 +310,7 @@ after(async () => {
     }
   }
   if (proxy) await proxy.close();
-  killAll();
-  await Promise.all(
-    [...children].map((child) => new Promise((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) resolve();
-      else child.once("exit", resolve);
-    })),
-  );
+  await stopAll();
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -801,7 +549,7 @@ test("a node that loses its backend link ends its channels, and phoenix.js recov
   const BACK_AT = 200;
   const redisProxy = new Proxy(redisPort);
   await redisProxy.listen();
-  const nodeC = new Node("node C", await freePort(), redisProxy.port, configFile);
+  const nodeC = redisNode("node C", await freePort(), redisProxy.port, configFile);
   await nodeC.start();
   await nodeC.ready();
   const client = new Client(`ws://${nodeC.addr}/socket`);
