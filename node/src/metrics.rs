@@ -302,6 +302,6 @@ mod tests {
             "# TYPE switchboard_publishes_total counter\nswitchboard_publishes_total 3\n"
         ));
         assert!(text.contains("switchboard_connections 2\n"));
-        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 28);
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 29);
     }
 }
