@@ -140,6 +140,18 @@ impl FrameQueue {
         std::mem::take(&mut queued.frames)
     }
 
+    /// Swaps what is queued, oldest first, into `into` (which should be empty: its buffer
+    /// becomes the queue's, so a session that drains into the same buffer every time makes
+    /// no allocation per batch, on either side). Nothing while the queue is held.
+    pub fn drain_into(&self, into: &mut VecDeque<Delivery>) {
+        let mut queued = self.lock();
+        if queued.held > 0 {
+            return;
+        }
+        queued.bytes = 0;
+        std::mem::swap(&mut queued.frames, into);
+    }
+
     /// Keeps what is queued from being drained until [`release`](Self::release): the hub
     /// holds a session's queue while it queues a recovering join's replay, so the session can
     /// send the join's reply before it.
@@ -230,17 +242,27 @@ impl Leaving {
     /// [`Delivery::Left`] ends one leave, and a [`Delivery::Broken`] of a topic the session
     /// is not leaving already is passed on (one it is leaving has ended for its client).
     pub fn filter(&mut self, drained: VecDeque<Delivery>) -> Vec<Drained> {
-        let mut frames = Vec::with_capacity(drained.len());
+        let mut out = Vec::with_capacity(drained.len());
+        self.filter_each(drained, |item| out.push(item));
+        out
+    }
+
+    /// [`filter`](Self::filter), handing each item to `each` instead of collecting them.
+    pub fn filter_each(
+        &mut self,
+        drained: impl IntoIterator<Item = Delivery>,
+        mut each: impl FnMut(Drained),
+    ) {
         for delivery in drained {
             match delivery {
                 Delivery::Frame(frame) => {
                     if self.topics.is_empty() || !self.is_left(&frame) {
-                        frames.push(Drained::Frame(frame));
+                        each(Drained::Frame(frame));
                     }
                 }
                 Delivery::Broken(topic) => {
                     if !self.topics.contains_key(&topic) {
-                        frames.push(Drained::Broken(topic));
+                        each(Drained::Broken(topic));
                     }
                 }
                 Delivery::Left(topic) => {
@@ -253,7 +275,6 @@ impl Leaving {
                 }
             }
         }
-        frames
     }
 
     /// Whether `frame` (`[join_ref, ref, topic, event, payload]`) is of a topic being left.
@@ -348,6 +369,28 @@ mod tests {
             Ok(true),
             "empty again: the next push wakes"
         );
+    }
+
+    #[test]
+    fn draining_into_a_buffer_hands_the_queue_that_buffer() {
+        let queue = FrameQueue::new(4096);
+        let frame = ByteString::from("x");
+        let _ = queue.push(&frame);
+        let _ = queue.push(&frame);
+        let mut batch = VecDeque::with_capacity(64);
+        queue.drain_into(&mut batch);
+        assert_eq!(frames(std::mem::take(&mut batch)).len(), 2);
+        let mut reused = VecDeque::with_capacity(64);
+        queue.drain_into(&mut reused);
+        assert!(reused.is_empty());
+        assert!(
+            queue.lock().frames.capacity() >= 64,
+            "the queue fills the buffer it was given, with no new allocation"
+        );
+        queue.hold();
+        let _ = queue.push(&frame);
+        queue.drain_into(&mut reused);
+        assert!(reused.is_empty(), "nothing while held");
     }
 
     #[test]

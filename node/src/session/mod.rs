@@ -7,6 +7,7 @@
 //! hub, publish, close), answers the engine with the hub's answers, writes the hub's
 //! deliveries to the socket as they are, and unregisters in `stopped`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use switchboard_core::{SessionId, Time};
 use tracing::debug;
 
 use crate::connections::ConnectionSlot;
-use crate::hub::outbox::{Drained, FrameQueue, Leaving, Outbox};
+use crate::hub::outbox::{Delivery, Drained, FrameQueue, Leaving, Outbox};
 use crate::hub::presence::UpdatePresence;
 use crate::hub::{Connect, Disconnect, Hub, Publish, PushPublish, Subscribe, Unsubscribe};
 use crate::messages::{CloseSession, Flush, PushAnswered};
@@ -49,6 +50,8 @@ pub struct WsSession {
     fragments: Option<Vec<u8>>,
     /// Topics left whose leave the hub has not taken yet.
     leaving: Leaving,
+    /// The buffer the queue is drained into, kept between drains.
+    batch: VecDeque<Delivery>,
 }
 
 impl WsSession {
@@ -73,6 +76,7 @@ impl WsSession {
             _slot: slot,
             fragments: None,
             leaving: Leaving::default(),
+            batch: VecDeque::new(),
         }
     }
 
@@ -83,16 +87,22 @@ impl WsSession {
     /// Hands everything queued (and not of a membership being left) to the socket, and tells
     /// the client, in order, of memberships the hub ended.
     fn flush(&mut self, ctx: &mut SocketContext) {
-        for drained in self.leaving.filter(self.queue.drain()) {
-            match drained {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.queue.drain_into(&mut batch);
+        let mut broken = Vec::new();
+        self.leaving
+            .filter_each(batch.drain(..), |drained| match drained {
                 Drained::Frame(frame) => ctx.text(frame),
-                Drained::Broken(topic) => {
-                    self.engine.handle_stream_broken(&topic);
-                    // Only frames come out of a broken stream (no leave: the hub has taken
-                    // it), so this does not flush again.
-                    self.drive(ctx);
-                }
-            }
+                Drained::Broken(topic) => broken.push(topic),
+            });
+        // The buffer (empty, its capacity kept) goes back to the queue at the next drain.
+        self.batch = batch;
+        for topic in broken {
+            // After every frame of that membership (the hub sends none after its marker).
+            // Only frames come out of a broken stream (no leave: the hub has taken it), so
+            // this does not flush again.
+            self.engine.handle_stream_broken(&topic);
+            self.drive(ctx);
         }
     }
 
